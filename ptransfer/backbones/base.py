@@ -1,0 +1,168 @@
+"""The contract every frozen backbone family implements.
+
+A backbone is a frozen language model plus the pure functions the rest of
+ptransfer needs from it. All functions take the frozen `params` and the
+`prompt` as explicit arguments (never closed over), so they can be jitted
+once and differentiated with respect to the prompt only.
+
+Shared batch layout (built by `ptransfer.features`, identical for every
+family so the trainer, scoring and indicators never branch on the family):
+
+  inputs          int32 [B, Li]  left-padded (real tokens at the right end)
+  inputs_mask     int32 [B, Li]  1 on real tokens
+  targets         int32 [B, Lt]  right-padded; EOS appended where the family
+                                 wants it (`Backbone.add_eos_to_targets`)
+  targets_mask    int32 [B, Lt]  1 on real target tokens
+
+Left-padded inputs put the last input token of every example at the same
+column, so a decoder-only model reads the first target's logits from one
+position and label continuations can share one cached prefix.
+
+`prompt` is None, `[P, D]` (shared by the batch) or `[B, P, D]`; D must equal
+`config.d_model` (checked by `check_prompt`). The prompt is never a
+parameter of the frozen model.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ptransfer.errors import ConfigError
+
+PyTree = Any
+Batch = Mapping[str, jax.Array]
+
+
+@dataclasses.dataclass
+class Backbone(abc.ABC):
+    """A frozen model. Subclasses fill in the family-specific functions.
+
+    Attributes:
+      name: identifier used in the prompt bank and results, e.g. "smollm2_135m".
+      config: the family's frozen config dataclass; has at least `d_model`,
+        `vocab_size`, `num_layers` and `d_ff`.
+      params: frozen parameter pytree with T5X-like names.
+      vocab: a `seqio.Vocabulary` for this model's tokenizer.
+    """
+
+    name: str
+    config: Any
+    params: PyTree
+    vocab: Any
+
+    family: str = dataclasses.field(default="", init=False)
+    # T5 targets end with EOS (as seqio's append_eos); decoder-only and MLM
+    # classification targets are the label words alone.
+    add_eos_to_targets: bool = dataclasses.field(default=True, init=False)
+
+    # ---- structure ---------------------------------------------------------
+
+    @property
+    def d_model(self) -> int:
+        return int(self.config.d_model)
+
+    @property
+    def num_layers(self) -> int:
+        """Number of layers whose FFN activations `ffn_activations` returns."""
+        return int(self.config.num_layers)
+
+    @abc.abstractmethod
+    def logical_axes(self) -> PyTree:
+        """Pytree matching `params` whose leaves are tuples of logical axis
+        names (T5X names: 'vocab', 'embed', 'mlp', 'heads', 'kv', 'joined_kv',
+        'relpos_buckets', ...), one per array dimension."""
+
+    @abc.abstractmethod
+    def embed(self, params: PyTree, ids: jax.Array) -> jax.Array:
+        """Input token embeddings as the model adds them: ids [...] -> [..., D].
+
+        Used by prompt initializers (vocabulary / label / string init) and the
+        recycling baseline; it is the same lookup the forward pass uses.
+        """
+
+    def embedding_table(self, params: PyTree) -> jax.Array:
+        """The input embedding matrix [V, D]."""
+        return self.embed(params, jnp.arange(self.config.vocab_size))
+
+    # ---- the hot path ------------------------------------------------------
+
+    @abc.abstractmethod
+    def target_log_likelihood(self, params: PyTree, prompt, batch: Batch) -> jax.Array:
+        """Sum over target tokens of log p(target_t | prompt, inputs, targets_<t).
+
+        Returns float32 [B]. The output head is computed only at the positions
+        that predict a target token (a decoder-only model never projects the
+        prompt or input positions onto the vocabulary).
+        """
+
+    @abc.abstractmethod
+    def score_candidates(self, params: PyTree, prompt, inputs, inputs_mask,
+                         candidates, candidates_mask) -> jax.Array:
+        """Log-likelihood of every candidate target for every example.
+
+        Args:
+          inputs, inputs_mask: [B, Li] as in the batch layout.
+          candidates, candidates_mask: [C, Lt] the label-word targets shared by
+            the whole batch (right-padded, EOS included where the family adds it).
+        Returns:
+          float32 [B, C]. The shared part (prompt + inputs) is encoded once,
+          not once per candidate.
+        """
+
+    @abc.abstractmethod
+    def greedy_decode(self, params: PyTree, prompt, inputs, inputs_mask,
+                      max_decode_len: int) -> jax.Array:
+        """Greedy continuation: int32 [B, max_decode_len]; EOS and everything
+        after it are replaced by 0."""
+
+    @abc.abstractmethod
+    def ffn_activations(self, params: PyTree, prompt, inputs, inputs_mask) -> jax.Array:
+        """FFN intermediate activations of every layer for the ON indicator.
+
+        Returns float32 [num_layers, B, S, F] where S indexes the positions the
+        family reads (documented per family; e.g. T5: the first decoder step,
+        S=1; decoder-only: every position of prompt + inputs). Computed by the
+        same module as the forward pass with capture switched on.
+        """
+
+    @abc.abstractmethod
+    def logits(self, inputs, targets=None, prompt=None) -> jax.Array:
+        """float32 logits for unpadded inputs, with `self.params`.
+
+        T5: decoder logits [B, Lt, V] (targets teacher-forced, shifted right).
+        Decoder-only: logits at every position of prompt + inputs (+ targets)
+        [B, P + Li (+ Lt), V]. MLM: [B, 1 + P + Li - 1, V] in input order.
+        """
+
+    # ---- helpers shared by all families -------------------------------------
+
+    def check_prompt(self, prompt) -> None:
+        """Raises ConfigError unless prompt is None, [P, D] or [B, P, D] with D = d_model."""
+        if prompt is None:
+            return
+        shape = tuple(np.shape(prompt))
+        if len(shape) not in (2, 3) or shape[-1] != self.d_model:
+            raise ConfigError(
+                f"prompt of shape {shape} does not fit backbone {self.name!r}: it needs "
+                f"[P, {self.d_model}] or [B, P, {self.d_model}]. A prompt trained on "
+                f"another backbone must first be mapped with `ptransfer project apply`.")
+
+
+def batched_prompt(prompt, batch_size: int, dtype) -> jax.Array | None:
+    """[P, D] or [B, P, D] -> [B, P, D] in `dtype` (None stays None)."""
+    if prompt is None:
+        return None
+    prompt = jnp.asarray(prompt, dtype)
+    if prompt.ndim == 2:
+        prompt = jnp.broadcast_to(prompt[None], (batch_size,) + prompt.shape)
+    return prompt
+
+
+def prompt_length(prompt) -> int:
+    return 0 if prompt is None else int(np.shape(prompt)[-2])

@@ -1,0 +1,134 @@
+"""Building blocks shared by every backbone family (Flax linen).
+
+Parameters carry logical axis names (T5X vocabulary: 'vocab', 'embed', 'mlp',
+'heads', 'kv', 'joined_kv', 'relpos_buckets'), so one rule table in
+`ptransfer.training.partitioning` shards every family. Kernels are stored
+`[in, out]` as T5X does.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -1e10  # finite, so fully-masked rows give a uniform softmax, not NaN
+
+# The FFN activations each checkpoint format names.
+ACTIVATIONS: dict[str, Callable] = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "silu": jax.nn.silu,
+}
+
+
+def param_with_axes(module: nn.Module, name: str, init, shape: Sequence[int],
+                    axes: Sequence[str | None], dtype=jnp.float32):
+    """A parameter annotated with logical axis names (one per dimension)."""
+    return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype)
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * scale, computed in float32 (T5 and LLaMA). [..., D] -> [..., D]."""
+
+    epsilon: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = param_with_axes(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        return (x32 * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+    """Mean/variance LayerNorm with scale and bias (BERT / RoBERTa). [..., D] -> [..., D]."""
+
+    epsilon: float = 1e-12
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        scale = param_with_axes(self, "scale", nn.initializers.ones, (d,), ("embed",))
+        bias = param_with_axes(self, "bias", nn.initializers.zeros, (d,), ("embed",))
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+class Dense(nn.Module):
+    """y = x @ kernel (+ bias) with kernel [in, out] and named axes.
+
+    `axes` names the kernel's two dimensions, e.g. ('embed', 'mlp').
+    """
+
+    features: int
+    axes: tuple[str | None, str | None]
+    use_bias: bool = False
+    dtype: jnp.dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = param_with_axes(self, "kernel", self.kernel_init,
+                                 (x.shape[-1], self.features), self.axes)
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = param_with_axes(self, "bias", nn.initializers.zeros, (self.features,), self.axes[1:])
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def mask_to_bias(mask: jax.Array) -> jax.Array:
+    """Boolean/int mask [..., T, S] (1 = attend) -> additive float32 bias."""
+    return jnp.where(mask.astype(bool), 0.0, NEG_INF).astype(jnp.float32)
+
+
+def padding_attention_mask(query_mask: jax.Array, key_mask: jax.Array) -> jax.Array:
+    """[B, T], [B, S] -> [B, 1, T, S] (1 where both positions are real)."""
+    return query_mask[:, None, :, None].astype(bool) & key_mask[:, None, None, :].astype(bool)
+
+
+def causal_mask(length: int) -> jax.Array:
+    """[1, 1, T, T] lower-triangular."""
+    return jnp.tril(jnp.ones((length, length), bool))[None, None]
+
+
+def dot_product_attention(q, k, v, bias, scale: float | None = None, dtype=jnp.float32):
+    """Multi-head attention core with grouped-query support.
+
+    Args:
+      q: [B, T, H, Dh]; k, v: [B, S, Hkv, Dh] with H a multiple of Hkv.
+      bias: additive float32 bias broadcastable to [B, H, T, S].
+      scale: multiplier on q·k (None: 1/sqrt(Dh); T5 passes 1.0).
+    Returns:
+      [B, T, H, Dh]. Softmax is taken in float32.
+    """
+    heads, kv_heads = q.shape[2], k.shape[2]
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    groups = heads // kv_heads
+    b, t = q.shape[0], q.shape[1]
+    # [B, T, Hkv, G, Dh] keeps GQA without materializing repeated keys.
+    qg = q.reshape(b, t, kv_heads, groups, q.shape[-1]).astype(dtype)
+    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(dtype)).astype(jnp.float32) * scale
+    logits = logits.reshape(b, heads, t, k.shape[1]) + bias
+    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    weights = weights.reshape(b, kv_heads, groups, t, k.shape[1])
+    out = jnp.einsum("bkgts,bskd->btkgd", weights, v.astype(dtype))
+    return out.reshape(b, t, heads, q.shape[-1])
+
+
+def gather_log_probs(logits: jax.Array, ids: jax.Array) -> jax.Array:
+    """log softmax(logits)[ids]: [..., V], [...] -> float32 [...]."""
+    logits = logits.astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, ids[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)

@@ -1,0 +1,1 @@
+"""Trainer, optimizer, partitioning, checkpointing and metric writers."""

@@ -1,0 +1,15 @@
+"""Shared test fixtures."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def assets_dir():
+    """The offline asset cache (real SmolLM2 GGUF and corpora), fetched if needed."""
+    from ptransfer import assets
+
+    return assets.fetch()
