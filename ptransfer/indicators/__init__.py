@@ -1,0 +1,3 @@
+"""Transferability indicators: prompt-embedding similarities (E/C), the overlap
+of activated FFN neurons (ON), and their Spearman correlation with measured
+transfer."""

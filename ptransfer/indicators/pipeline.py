@@ -1,0 +1,147 @@
+"""From a prompt bank and a transfer matrix to `indicators.json`.
+
+For every pair of tasks (S, T) that both have prompts in the bank, each
+indicator compares S's prompts with T's prompts (averaged over all seed
+pairs), and its Spearman correlation with the measured relative transfer
+S→T is taken per target and over all off-diagonal pairs (the paper's
+table). ON is also computed on every window of consecutive layers, to show
+where its signal lives.
+
+Stimulus: "dummy" (the paper's single fixed input: the text "." — one
+ordinary token; a masked LM gets "<mask> ." so the mask position exists) or
+"task:<name>" (the first `stimulus_examples` validation examples of a task).
+
+Output keys: backbone, tasks, stimulus, positions, threshold, window_size,
+pairwise {indicator: {s: {t: value}}}, points {indicator: [[value, rel], ...]},
+spearman {overall {ind: rho}, per_target {ind: {t: rho}}, windows {"a-b": rho},
+pvalues {ind: p}, n}.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ptransfer.errors import ConfigError
+
+SIMILARITY_NAMES = ("E_concat", "E_average", "C_concat", "C_average")
+
+
+def stimulus_batch(backbone, stimulus: str = "dummy", examples: int = 8, data_dir=None,
+                   input_length: int = 64):
+    """(inputs [B, Li], inputs_mask [B, Li]) int32, left-padded, for the chosen stimulus."""
+    import jax.numpy as jnp  # noqa: F401  (jax initialised before tf in some setups)
+
+    if stimulus == "dummy":
+        vocab = backbone.vocab
+        if getattr(backbone, "family", "") == "mlm":
+            ids = list(backbone.dummy_mlm_ids()) if hasattr(backbone, "dummy_mlm_ids") else None
+            if ids is None:
+                raise ConfigError("the dummy stimulus needs the backbone's mask token; use "
+                                  "--stimulus task:<name> for this backbone.")
+        else:
+            ids = [int(i) for i in vocab.encode(".")]
+        arr = np.asarray([ids], np.int32)
+        return arr, np.ones_like(arr)
+    if stimulus.startswith("task:"):
+        import tasks
+
+        from ptransfer import scoring
+        from ptransfer.training.trainer import default_truncation, load_task
+
+        name = stimulus.partition(":")[2]
+        spec = tasks.get_spec(name)
+        task, mlm = load_task(name, backbone, data_dir)
+        es = scoring.build_eval_set(task, spec, backbone, "validation", examples,
+                                    {"inputs": input_length, "targets": 8},
+                                    truncate_inputs=default_truncation(backbone), mlm=mlm)
+        return es.inputs, es.inputs_mask
+    raise ConfigError(f"unknown stimulus {stimulus!r}; use 'dummy' or 'task:<name>'.")
+
+
+def _by_task(matrix: np.ndarray, task_of: list[str], tasks: list[str]) -> np.ndarray:
+    """Entry-level [K, K] -> task-level [S, S] by averaging over the tasks' entries."""
+    idx = {t: [i for i, x in enumerate(task_of) if x == t] for t in tasks}
+    return np.array([[float(np.mean(matrix[np.ix_(idx[s], idx[t])])) for t in tasks]
+                     for s in tasks])
+
+
+def compute_indicators(backbone, bank_dir: str, cross_task: dict, *, stimulus: str = "dummy",
+                       stimulus_examples: int = 8, positions="last", threshold: float = 0.0,
+                       window_size: int = 3, data_dir=None) -> dict:
+    """Every indicator for every task pair, and their Spearman correlations with transfer."""
+    from ptransfer.indicators import correlation, neurons, similarity
+    from ptransfer.transfer.matrix import load_bank_prompts
+
+    if cross_task["backbone"] != backbone.name:
+        raise ConfigError(f"the transfer matrix is for backbone {cross_task['backbone']!r}, not "
+                          f"{backbone.name!r}; compute both on the same backbone.")
+    with_prompts = [t for t in cross_task["sources"] if t in cross_task["targets"]]
+    if len(with_prompts) < 2:
+        raise ConfigError("indicators need at least two tasks that are both sources (with bank "
+                          "prompts) and targets of the transfer matrix.")
+    entries, stack = load_bank_prompts(bank_dir, backbone, with_prompts)
+    task_of = [e.task for e in entries]
+    tasks_ = [t for t in with_prompts if t in task_of]
+
+    matrices = {name: _by_task(np.asarray(similarity.similarity_matrix(name, stack)), task_of, tasks_)
+                for name in SIMILARITY_NAMES}
+    inputs, inputs_mask = stimulus_batch(backbone, stimulus, stimulus_examples, data_dir)
+    masks = neurons.capture_activation_masks(
+        backbone, backbone.params, stack, inputs, inputs_mask, positions=positions,
+        threshold=threshold, names=[e.ref for e in entries],
+        prompt_backbones=[e.backbone for e in entries])
+    matrices["ON"] = _by_task(neurons.on_matrix(masks), task_of, tasks_)
+    windows = {f"{a}-{b - 1}": _by_task(m, task_of, tasks_)
+               for (a, b), m in neurons.on_by_window(masks, size=window_size).items()}
+
+    rel = np.array([[cross_task["relative"][s][t] if cross_task["relative"][s].get(t) is not None
+                     else np.nan for t in tasks_] for s in tasks_], np.float64)
+    tables = correlation.correlate_all(matrices, rel, tasks_, tasks_)
+    window_tables = correlation.correlate_all(windows, rel, tasks_, tasks_)
+    off = correlation.off_diagonal_mask(tasks_, tasks_)
+    return {
+        "backbone": backbone.name,
+        "tasks": tasks_,
+        "stimulus": stimulus,
+        "positions": positions if isinstance(positions, str) else list(positions),
+        "threshold": threshold,
+        "window_size": window_size,
+        "num_layers": masks.num_layers,
+        "pairwise": {name: {s: {t: float(m[i, j]) for j, t in enumerate(tasks_)}
+                            for i, s in enumerate(tasks_)} for name, m in matrices.items()},
+        "points": {name: [[float(m[i, j]), float(rel[i, j])] for i in range(len(tasks_))
+                          for j in range(len(tasks_)) if off[i, j] and np.isfinite(rel[i, j])]
+                   for name, m in matrices.items()},
+        "spearman": {
+            "overall": {k: t.overall.to_json()["rho"] for k, t in tables.items()},
+            "pvalues": {k: t.overall.to_json()["pvalue"] for k, t in tables.items()},
+            "n": {k: t.overall.n for k, t in tables.items()},
+            "per_target": {k: {tt: s.to_json()["rho"] for tt, s in t.per_target.items()}
+                           for k, t in tables.items()},
+            "windows": {k: t.overall.to_json()["rho"] for k, t in window_tables.items()},
+        },
+    }
+
+
+def rank_sources_by_on(backbone, target_prompt: np.ndarray, bank_dir: str, target: str, *,
+                       stimulus: str = "dummy", positions="last", data_dir=None) -> list[tuple[str, float]]:
+    """Bank entries of other tasks ranked by ON with a (briefly trained) target prompt.
+
+    Returns [(entry ref, ON)] best first; used by `transfer init --sources auto`.
+    """
+    from ptransfer.indicators import neurons
+    from ptransfer.transfer.matrix import load_bank_prompts
+
+    entries, stack = load_bank_prompts(bank_dir, backbone)
+    keep = [i for i, e in enumerate(entries) if e.task != target]
+    if not keep:
+        raise ConfigError(f"the bank has no prompt of a task other than {target!r} to transfer from.")
+    inputs, inputs_mask = stimulus_batch(backbone, stimulus, data_dir=data_dir)
+    capture = neurons.ActivationCapture(backbone, positions=positions)
+    bank_masks = capture(backbone.params, stack[keep], inputs, inputs_mask,
+                         names=[entries[i].ref for i in keep])
+    target_masks = capture(backbone.params, np.asarray(target_prompt, np.float32)[None],
+                           inputs, inputs_mask, names=[f"{target} (probe)"])
+    on = neurons.on_matrix(target_masks, bank_masks)[0]
+    order = np.argsort(-on, kind="stable")
+    return [(entries[keep[i]].ref, float(on[i])) for i in order]

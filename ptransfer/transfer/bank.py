@@ -1,0 +1,399 @@
+"""The prompt bank: trained prompts keyed by backbone, task and run.
+
+Layout (one entry per run; several seeds of a task are several runs):
+
+  <bank>/<backbone>/<task>/<run>/
+      prompt.npy      float32 [L, d_model]
+      meta.json       backbone, task, run, prompt_length, d_model, init, steps,
+                      best_score, metric, seed, ptransfer_version, created,
+                      provenance {...} (plus anything the writer adds)
+      metrics.jsonl   one JSON object per logged eval (the whole curve)
+      COMPLETE        written last: sha256 and size of the three files
+
+Writes are atomic: everything goes into a hidden temp directory next to the
+final one (`.tmp-<run>-*`), each file and the directory are fsynced, then
+the temp directory is renamed into place. An entry counts only when its
+final directory holds COMPLETE, so a crash at any point leaves nothing that
+`list_entries` shows (at most a hidden `.tmp-*` directory, which is ignored
+and may be deleted). Names are restricted to [A-Za-z0-9._+=@-] not starting
+with '.', and resolved paths are checked, so no entry lands outside the bank.
+Prompts are read with `np.load(allow_pickle=False)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ptransfer.errors import CheckpointError, ConfigError, DataError, close_matches_hint
+
+PROMPT_FILE = "prompt.npy"
+META_FILE = "meta.json"
+METRICS_FILE = "metrics.jsonl"
+COMPLETE_FILE = "COMPLETE"
+ENTRY_FILES = (PROMPT_FILE, META_FILE, METRICS_FILE)
+
+# Keys the writer must supply (a value may be None when unknown, e.g. for an
+# imported prompt); backbone, task, run, prompt_length and d_model are filled in.
+REQUIRED_META = ("init", "steps", "best_score", "metric", "seed")
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}")
+
+
+def check_name(kind: str, name) -> str:
+    """A backbone / task / run name that is one safe path component."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"bank {kind} name {name!r} is not allowed: use 1-200 letters, digits or ._+=@- "
+            "(not starting with '.', no '/'), so the entry stays inside the bank directory.")
+    return name
+
+
+def _inside(root: str, path: str) -> str:
+    """`path` if its real location is under `root`'s, else ConfigError."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root or real == real_root:
+        raise ConfigError(f"{path!r} resolves to {real!r}, outside the bank {real_root!r}; "
+                          "remove the symlink or choose another name.")
+    return path
+
+
+def entry_dir(bank_dir: str, backbone: str, task: str, run: str) -> str:
+    """Path of an entry (whether or not it exists), checked to stay inside the bank."""
+    path = os.path.join(bank_dir, check_name("backbone", backbone), check_name("task", task),
+                        check_name("run", run))
+    return _inside(bank_dir, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class BankEntry:
+    """A complete entry: where it is and its meta (the prompt is read on demand)."""
+
+    path: str
+    backbone: str
+    task: str
+    run: str
+    meta: dict
+
+    @property
+    def ref(self) -> str:
+        return f"{self.backbone}/{self.task}/{self.run}"
+
+    def read(self):
+        """(prompt float32 [L, D], meta, metrics rows); see `read_entry`."""
+        return read_entry(self.path)
+
+
+# ---- writing -----------------------------------------------------------------
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: str, data: bytes) -> str:
+    """Writes and fsyncs `data`; returns its sha256."""
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return hashlib.sha256(data).hexdigest()
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _complete_meta(backbone, task, run, prompt: np.ndarray, meta: Mapping) -> dict:
+    from ptransfer import __version__
+
+    meta = dict(meta)
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ConfigError(f"bank entry meta lacks {', '.join(missing)} (required: "
+                          f"{', '.join(REQUIRED_META)}; use None for an unknown value).")
+    derived = {"backbone": backbone, "task": task, "run": run,
+               "prompt_length": int(prompt.shape[0]), "d_model": int(prompt.shape[1])}
+    for key, value in derived.items():
+        if key in meta and meta[key] != value:
+            raise ConfigError(f"bank entry meta says {key}={meta[key]!r} but the entry has "
+                              f"{key}={value!r}.")
+        meta[key] = value
+    meta.setdefault("ptransfer_version", __version__)
+    meta.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat())
+    meta.setdefault("provenance", {})
+    return meta
+
+
+def write_entry(bank_dir: str, backbone: str, task: str, run: str, prompt, meta: Mapping,
+                metrics_rows: Iterable[Mapping] = (), *, overwrite: bool = False) -> str:
+    """Atomically writes one entry and returns its path.
+
+    Args:
+      prompt: [L, D], stored as float32; NaN or inf is refused.
+      meta: at least REQUIRED_META; backbone/task/run/prompt_length/d_model
+        are filled in (and must agree if given), as are ptransfer_version,
+        created (UTC ISO time) and provenance ({}).
+      metrics_rows: the eval curve, one mapping per row (may be a generator).
+      overwrite: replace an existing entry of the same run (old moved to a
+        hidden .trash-* dir, new renamed in, old deleted; a crash between the
+        two renames lists neither); otherwise an existing entry is an error.
+    """
+    path = entry_dir(bank_dir, backbone, task, run)
+    arr = np.asarray(prompt)
+    if arr.ndim != 2 or arr.shape[0] == 0 or not np.issubdtype(arr.dtype, np.number):
+        raise ConfigError(f"a bank prompt must be a numeric [L, D] array, got {arr.dtype} "
+                          f"{arr.shape}.")
+    arr = np.ascontiguousarray(arr, np.float32)
+    if not np.isfinite(arr).all():
+        raise CheckpointError(f"prompt for {backbone}/{task}/{run} contains NaN or inf; "
+                              "not writing it to the bank (check the run for a diverged loss).")
+    full_meta = _complete_meta(backbone, task, run, arr, meta)
+    try:
+        meta_bytes = (json.dumps(full_meta, indent=2, sort_keys=True, allow_nan=False)
+                      + "\n").encode()
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bank entry meta is not plain JSON (numbers must be finite): {e}") from None
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    _inside(bank_dir, parent)
+    if os.path.exists(path) and not overwrite:
+        raise CheckpointError(f"bank entry {backbone}/{task}/{run} already exists at {path}; "
+                              "choose another run name or overwrite it explicitly.")
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{run}-", dir=parent)
+    try:
+        digests = {PROMPT_FILE: _write_file(os.path.join(tmp, PROMPT_FILE), _npy_bytes(arr)),
+                   META_FILE: _write_file(os.path.join(tmp, META_FILE), meta_bytes)}
+        with open(os.path.join(tmp, METRICS_FILE), "x") as f:
+            for row in metrics_rows:
+                f.write(json.dumps(dict(row), sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        with open(os.path.join(tmp, METRICS_FILE), "rb") as f:
+            digests[METRICS_FILE] = hashlib.sha256(f.read()).hexdigest()
+        _write_file(os.path.join(tmp, COMPLETE_FILE),
+                    (json.dumps({"sha256": digests}, indent=2, sort_keys=True) + "\n").encode())
+        _fsync_dir(tmp)
+        if os.path.exists(path):  # overwrite: move the old entry aside, then swap
+            trash = os.path.join(parent, f".trash-{run}-{uuid.uuid4().hex[:8]}")
+            os.rename(path, trash)
+            os.rename(tmp, path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                raise CheckpointError(f"bank entry {backbone}/{task}/{run} appeared at {path} "
+                                      "while writing (another writer?); not replacing it.") from None
+        _fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+# ---- reading -----------------------------------------------------------------
+
+def is_complete(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, COMPLETE_FILE))
+
+
+def _read_meta(path: str) -> dict:
+    meta_path = os.path.join(path, META_FILE)
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"bank entry {path}: unreadable {META_FILE} ({e}); delete the "
+                              "entry and write it again.") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"bank entry {path}: {META_FILE} is not a JSON object.")
+    return meta
+
+
+def _subdirs(path: str) -> list[str]:
+    try:
+        names = sorted(os.listdir(path))
+    except NotADirectoryError:
+        return []
+    return [n for n in names if _NAME_RE.fullmatch(n) and os.path.isdir(os.path.join(path, n))]
+
+
+def list_entries(bank_dir: str, backbone: str | None = None, task: str | None = None, *,
+                 require: bool = False) -> list[BankEntry]:
+    """Complete entries, sorted by (backbone, task, run), optionally filtered.
+
+    `require=True` turns "no entries" into a DataError naming what the bank
+    does hold. Incomplete and hidden directories are never listed.
+    """
+    if not os.path.isdir(bank_dir):
+        raise DataError(f"prompt bank {bank_dir!r} does not exist; train prompts first "
+                        "(`ptransfer train` writes them there) or pass the right --bank.")
+    for kind, name in (("backbone", backbone), ("task", task)):
+        if name is not None:
+            check_name(kind, name)
+    out = []
+    for bb in _subdirs(bank_dir):
+        if backbone is not None and bb != backbone:
+            continue
+        for tk in _subdirs(os.path.join(bank_dir, bb)):
+            if task is not None and tk != task:
+                continue
+            for run in _subdirs(os.path.join(bank_dir, bb, tk)):
+                path = os.path.join(bank_dir, bb, tk, run)
+                if is_complete(path):
+                    out.append(BankEntry(path, bb, tk, run, _read_meta(path)))
+    if require and not out:
+        raise DataError(_empty_message(bank_dir, backbone, task))
+    return out
+
+
+def _empty_message(bank_dir, backbone, task) -> str:
+    everything = list_entries(bank_dir)
+    if not everything:
+        return (f"prompt bank {bank_dir!r} has no complete entries; train prompts first "
+                "(`ptransfer train`) or import one (`ptransfer bank import`).")
+    wanted = ", ".join(f"{k}={v!r}" for k, v in (("backbone", backbone), ("task", task)) if v)
+    backbones = sorted({e.backbone for e in everything})
+    tasks = sorted({e.task for e in everything if backbone in (None, e.backbone)})
+    hint = ""
+    if backbone is not None and backbone not in backbones:
+        hint = close_matches_hint(backbone, backbones)
+    elif task is not None:
+        hint = close_matches_hint(task, tasks) if tasks else f" Backbones: {', '.join(backbones)}."
+    return f"prompt bank {bank_dir!r} has no complete entry for {wanted}.{hint}"
+
+
+def read_entry(path: str):
+    """(prompt float32 [L, D], meta dict, metrics list of dicts) of a complete entry."""
+    if not os.path.isdir(path):
+        raise DataError(f"no bank entry at {path!r}; `ptransfer bank list` shows the entries.")
+    if not is_complete(path):
+        raise CheckpointError(f"bank entry {path} is incomplete (no {COMPLETE_FILE} marker: an "
+                              "interrupted write); delete it and write it again.")
+    try:
+        with open(os.path.join(path, COMPLETE_FILE)) as f:
+            digests = json.load(f)["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"bank entry {path}: unreadable {COMPLETE_FILE} ({e}).") from None
+    blobs = {}
+    for name in ENTRY_FILES:
+        try:
+            with open(os.path.join(path, name), "rb") as f:
+                blobs[name] = f.read()
+        except OSError as e:
+            raise CheckpointError(f"bank entry {path}: cannot read {name} ({e}).") from None
+        if hashlib.sha256(blobs[name]).hexdigest() != digests.get(name):
+            raise CheckpointError(f"bank entry {path}: {name} does not match its checksum in "
+                                  f"{COMPLETE_FILE} (modified or corrupt); write the entry again.")
+    try:
+        prompt = np.load(io.BytesIO(blobs[PROMPT_FILE]), allow_pickle=False)
+    except ValueError as e:
+        raise CheckpointError(f"bank entry {path}: {PROMPT_FILE} is not a plain array ({e}).") from None
+    meta = _read_meta(path)
+    if prompt.dtype != np.float32 or prompt.ndim != 2 or \
+            prompt.shape != (meta.get("prompt_length"), meta.get("d_model")):
+        raise CheckpointError(
+            f"bank entry {path}: {PROMPT_FILE} holds {prompt.dtype} {prompt.shape}, but meta says "
+            f"float32 [{meta.get('prompt_length')}, {meta.get('d_model')}].")
+    try:
+        metrics = [json.loads(line) for line in blobs[METRICS_FILE].decode().splitlines()
+                   if line.strip()]
+    except ValueError as e:
+        raise CheckpointError(f"bank entry {path}: bad line in {METRICS_FILE} ({e}).") from None
+    return prompt, meta, metrics
+
+
+def find_entry(bank_dir: str, backbone: str, task: str, run: str | None = None) -> BankEntry:
+    """The entry backbone/task/run; with run=None, the task's only entry."""
+    entries = list_entries(bank_dir, backbone, task, require=True)
+    if run is None:
+        if len(entries) > 1:
+            raise ConfigError(f"{backbone}/{task} has {len(entries)} runs in the bank "
+                              f"({', '.join(e.run for e in entries)}); name one.")
+        return entries[0]
+    check_name("run", run)
+    for e in entries:
+        if e.run == run:
+            return e
+    raise DataError(f"no complete bank entry {backbone}/{task}/{run}."
+                    + close_matches_hint(run, [e.run for e in entries]))
+
+
+def resolve_ref(bank_dir: str, ref: str) -> BankEntry:
+    """An entry from 'backbone/task[/run]' or from the path of an entry directory."""
+    if os.path.isdir(ref) and is_complete(ref):
+        path = os.path.normpath(ref)
+        run_dir, run = os.path.split(path)
+        task_dir, task = os.path.split(run_dir)
+        backbone = os.path.basename(task_dir)
+        return BankEntry(path, backbone, task, run, _read_meta(path))
+    parts = ref.strip("/").split("/")
+    if len(parts) not in (2, 3):
+        raise ConfigError(f"bank entry {ref!r}: use backbone/task[/run] or an entry directory.")
+    return find_entry(bank_dir, *parts)
+
+
+# ---- seeds -------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SeedSummary:
+    """Best scores of one (backbone, task) over its runs.
+
+    std is the sample standard deviation (ddof=1); None for a single run.
+    Runs without a best score (e.g. imported prompts) are left out of n.
+    """
+
+    backbone: str
+    task: str
+    metric: str | None
+    n: int
+    mean: float | None
+    std: float | None
+    runs: tuple[str, ...]
+    seeds: tuple
+    best_scores: tuple[float, ...]
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def summarize_seeds(entries: Sequence[BankEntry]) -> dict[tuple[str, str], SeedSummary]:
+    """(backbone, task) -> mean / std of the best score over the entries' runs."""
+    groups: dict[tuple[str, str], list[BankEntry]] = {}
+    for e in entries:
+        groups.setdefault((e.backbone, e.task), []).append(e)
+    out = {}
+    for key, group in sorted(groups.items()):
+        scored = [e for e in group if isinstance(e.meta.get("best_score"), (int, float))
+                  and math.isfinite(e.meta["best_score"])]
+        metrics = sorted({str(e.meta.get("metric")) for e in scored})
+        if len(metrics) > 1:
+            raise ConfigError(f"runs of {key[0]}/{key[1]} report different metrics "
+                              f"({', '.join(metrics)}); their best scores cannot be averaged.")
+        scores = tuple(float(e.meta["best_score"]) for e in scored)
+        out[key] = SeedSummary(
+            backbone=key[0], task=key[1], metric=metrics[0] if metrics else None,
+            n=len(scores), mean=float(np.mean(scores)) if scores else None,
+            std=float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
+            runs=tuple(e.run for e in scored), seeds=tuple(e.meta.get("seed") for e in scored),
+            best_scores=scores)
+    return out

@@ -1,0 +1,215 @@
+"""Prompts in HF PEFT's prompt-tuning format, both ways.
+
+A PEFT prompt-tuning adapter directory (what `PeftModel.save_pretrained`
+writes and `PeftModel.from_pretrained` reads, peft 0.21) holds:
+
+  adapter_model.safetensors  one tensor "prompt_embeddings"
+                             [num_virtual_tokens * num_transformer_submodules, token_dim]
+  adapter_config.json        PromptTuningConfig fields: peft_type "PROMPT_TUNING",
+                             task_type, num_virtual_tokens, token_dim,
+                             num_transformer_submodules, num_attention_heads,
+                             num_layers, prompt_tuning_init, base_model_name_or_path,
+                             inference_mode, ...
+
+PEFT defaults num_transformer_submodules to 2 for SEQ_2_SEQ_LM and 1
+otherwise. With 2, its prompt-tuning forward prepends only rows
+[:num_virtual_tokens] to the encoder input; the other rows are never read.
+Export therefore writes the prompt in rows [:L] and zeros after it; import
+takes rows [:num_virtual_tokens]. Only safetensors is read; a pickled
+adapter_model.bin is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from ptransfer.errors import CheckpointError, ConfigError
+
+WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+PICKLE_FILE = "adapter_model.bin"
+PROMPT_KEY = "prompt_embeddings"
+PEFT_TYPE = "PROMPT_TUNING"
+TASK_TYPES = ("SEQ_2_SEQ_LM", "CAUSAL_LM", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS",
+              "FEATURE_EXTRACTION")
+# Backbone family -> the PEFT task type its prompts are used with.
+FAMILY_TASK_TYPES = {"t5": "SEQ_2_SEQ_LM", "llama": "CAUSAL_LM"}
+# The peft release whose format this mirrors (written as peft_version).
+PEFT_VERSION = "0.21.2"
+
+
+def peft_config(num_virtual_tokens: int, token_dim: int, task_type: str, *,
+                base_model_name_or_path: str | None = None, num_layers: int | None = None,
+                num_attention_heads: int | None = None,
+                num_transformer_submodules: int | None = None,
+                prompt_tuning_init: str = "RANDOM") -> dict:
+    """The adapter_config.json dict PEFT's PromptTuningConfig reads."""
+    if task_type not in TASK_TYPES:
+        raise ConfigError(f"unknown PEFT task_type {task_type!r}; use one of {', '.join(TASK_TYPES)}.")
+    if num_transformer_submodules is None:
+        num_transformer_submodules = 2 if task_type == "SEQ_2_SEQ_LM" else 1
+    if num_transformer_submodules not in (1, 2):
+        raise ConfigError(f"num_transformer_submodules must be 1 or 2, got {num_transformer_submodules}.")
+    return {
+        "auto_mapping": None,
+        "base_model_name_or_path": base_model_name_or_path,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "num_attention_heads": num_attention_heads,
+        "num_layers": num_layers,
+        "num_transformer_submodules": num_transformer_submodules,
+        "num_virtual_tokens": int(num_virtual_tokens),
+        "peft_type": PEFT_TYPE,
+        "peft_version": PEFT_VERSION,
+        # Our prompts are trained, not initialized by PEFT; with inference_mode
+        # PEFT never re-initializes from this field. TEXT would need a tokenizer.
+        "prompt_tuning_init": prompt_tuning_init,
+        "prompt_tuning_init_text": None,
+        "revision": None,
+        "task_type": task_type,
+        "token_dim": int(token_dim),
+        "tokenizer_kwargs": None,
+        "tokenizer_name_or_path": None,
+    }
+
+
+def _replace_file(path: str, data: bytes) -> None:
+    """Atomic replace of one file (temp file in the same directory, fsync, rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def export_peft(prompt, out_dir: str, task_type: str, **config_kw) -> str:
+    """Writes prompt [L, D] as a PEFT prompt-tuning adapter into `out_dir`.
+
+    `config_kw` are `peft_config`'s keyword arguments. Returns out_dir.
+    """
+    from safetensors.numpy import save
+
+    arr = np.asarray(prompt)
+    try:
+        if arr.ndim != 2:
+            raise ValueError
+        arr = arr.astype(np.float32)
+    except (TypeError, ValueError):
+        raise ConfigError(f"a prompt to export must be a numeric [L, D] array, got {arr.dtype} "
+                          f"{arr.shape}.") from None
+    config = peft_config(arr.shape[0], arr.shape[1], task_type, **config_kw)
+    rows = np.zeros((arr.shape[0] * config["num_transformer_submodules"], arr.shape[1]), np.float32)
+    rows[:arr.shape[0]] = arr
+    os.makedirs(out_dir, exist_ok=True)
+    _replace_file(os.path.join(out_dir, WEIGHTS_FILE),
+                  save({PROMPT_KEY: rows}, metadata={"format": "pt"}))
+    _replace_file(os.path.join(out_dir, CONFIG_FILE),
+                  (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    return out_dir
+
+
+def read_peft_config(adapter_dir: str) -> dict:
+    path = os.path.join(adapter_dir, CONFIG_FILE)
+    if not os.path.isdir(adapter_dir):
+        raise CheckpointError(f"PEFT adapter directory {adapter_dir!r} does not exist.")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"no {CONFIG_FILE} in {adapter_dir}: not a PEFT adapter "
+                              "directory (save it with PeftModel.save_pretrained).") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a JSON object.")
+    if config.get("peft_type") != PEFT_TYPE:
+        raise CheckpointError(f"{adapter_dir} is a {config.get('peft_type')!r} adapter; only "
+                              f"{PEFT_TYPE} adapters hold a soft prompt that can be imported.")
+    for key in ("num_virtual_tokens", "token_dim"):
+        if not isinstance(config.get(key), int) or config[key] <= 0:
+            raise CheckpointError(f"{path}: {key} must be a positive integer, got {config.get(key)!r}.")
+    return config
+
+
+def import_peft(adapter_dir: str) -> tuple[np.ndarray, dict]:
+    """(prompt float32 [num_virtual_tokens, token_dim], adapter config) of a PEFT adapter."""
+    try:
+        import ml_dtypes  # noqa: F401  (registers bfloat16 so safetensors can read it)
+    except ImportError:  # only bfloat16 adapters need it; jax installs it
+        pass
+    from safetensors import safe_open
+
+    config = read_peft_config(adapter_dir)
+    path = os.path.join(adapter_dir, WEIGHTS_FILE)
+    if not os.path.isfile(path):
+        if os.path.isfile(os.path.join(adapter_dir, PICKLE_FILE)):
+            raise CheckpointError(
+                f"{adapter_dir} holds {PICKLE_FILE}, a PyTorch pickle that ptransfer never loads; "
+                "save the adapter again with save_pretrained(..., safe_serialization=True).")
+        raise CheckpointError(f"no {WEIGHTS_FILE} in {adapter_dir}.")
+    try:
+        with safe_open(path, framework="numpy") as f:
+            if PROMPT_KEY not in f.keys():
+                raise CheckpointError(f"{path} has no {PROMPT_KEY!r} tensor (has: "
+                                      f"{', '.join(f.keys())}); is it a prompt-tuning adapter?")
+            rows = f.get_tensor(PROMPT_KEY)
+    except CheckpointError:
+        raise
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    n, d = config["num_virtual_tokens"], config["token_dim"]
+    subs = config.get("num_transformer_submodules") or 1
+    if rows.ndim != 2 or rows.shape != (n * subs, d):
+        raise CheckpointError(
+            f"{path}: {PROMPT_KEY} has shape {rows.shape}, but {CONFIG_FILE} says "
+            f"[{n} x {subs}, {d}] (num_virtual_tokens x num_transformer_submodules, token_dim).")
+    return np.ascontiguousarray(rows[:n], np.float32), config
+
+
+def _family_of_spec(spec) -> str | None:
+    """Backbone family from a load_backbone spec, without loading the model."""
+    if not isinstance(spec, str) or ":" not in spec:
+        return None
+    kind, _, rest = spec.partition(":")
+    if kind == "gguf":
+        return "llama"
+    if kind == "t5x":
+        return "t5"
+    from ptransfer import backbones
+
+    if kind == "preset":
+        return backbones.all_presets().get(rest)
+    if kind == "hf":
+        try:
+            with open(os.path.join(rest, "config.json")) as f:
+                arch = (json.load(f).get("architectures") or [None])[0]
+        except (OSError, ValueError):
+            return None
+        for fam in backbones.FAMILY_MODULES:
+            if arch in backbones._family(fam).HF_ARCHITECTURES:
+                return fam
+    return None
+
+
+def task_type_for(meta: dict, task_type: str | None = None) -> str:
+    """The PEFT task_type for a bank entry: explicit, else from its backbone family
+    (meta 'family', else inferred from meta 'backbone_spec')."""
+    if task_type:
+        return task_type
+    family = meta.get("family") or _family_of_spec(
+        meta.get("backbone_spec") or (meta.get("provenance") or {}).get("backbone_spec"))
+    if family in FAMILY_TASK_TYPES:
+        return FAMILY_TASK_TYPES[family]
+    raise ConfigError(f"cannot tell the PEFT task_type of backbone {meta.get('backbone')!r} "
+                      f"(family {family!r}); pass --task-type "
+                      f"({' or '.join(FAMILY_TASK_TYPES.values())}).")

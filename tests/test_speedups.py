@@ -1,0 +1,86 @@
+"""Convergence and comparable-result speedups on synthetic eval curves."""
+
+import pytest
+
+from ptransfer.errors import DataError
+from ptransfer.transfer.speedups import speedups
+
+
+def test_plain_curves():
+    pt = [(100, 0.50), (200, 0.60), (300, 0.70), (400, 0.80), (500, 0.79)]
+    tpt = [(100, 0.75), (200, 0.82), (300, 0.85), (400, 0.84), (500, 0.83)]
+    s = speedups(pt, tpt)
+    assert (s.pt_best, s.pt_best_step) == (0.80, 400)
+    assert (s.tpt_best, s.tpt_best_step) == (0.85, 300)
+    assert s.tpt_comparable_step == 200  # first TPT eval >= 0.80
+    assert s.convergence == pytest.approx(400 / 300)
+    assert s.comparable == pytest.approx(400 / 200)
+    assert not (s.pt_immediate or s.tpt_immediate or s.comparable_immediate)
+    assert s.comparable_text() == "2.00x"
+
+
+def test_ties_use_the_first_step_reaching_the_best():
+    pt = [(10, 0.7), (20, 0.9), (30, 0.9), (40, 0.9)]
+    tpt = [(10, 0.9), (20, 0.9), (30, 0.8)]
+    s = speedups(pt, tpt)
+    assert s.pt_best_step == 20 and s.tpt_best_step == 10
+    assert s.convergence == 2.0
+    assert s.tpt_comparable_step == 10 and s.comparable == 2.0  # exactly equal counts as reached
+
+
+def test_noisy_curves_first_peak_not_a_later_dip():
+    pt = [(1, 0.2), (2, 0.6), (3, 0.4), (4, 0.65), (5, 0.3), (6, 0.64)]
+    tpt = [(1, 0.5), (2, 0.66), (3, 0.1), (4, 0.7), (5, 0.69)]
+    s = speedups(pt, tpt)
+    assert s.pt_best_step == 4 and s.tpt_best_step == 4
+    assert s.convergence == 1.0
+    assert s.tpt_comparable_step == 2 and s.comparable == 2.0
+    # a tolerance lets an almost-equal score count
+    assert speedups(pt, tpt, tolerance=0.16).tpt_comparable_step == 1
+
+
+def test_never_reaching_is_none_and_na():
+    pt = [(100, 0.5), (200, 0.9)]
+    tpt = [(100, 0.8), (200, 0.85)]
+    s = speedups(pt, tpt)
+    assert s.comparable is None and s.tpt_comparable_step is None
+    assert s.comparable_text() == "N/A"
+    assert s.convergence == 1.0
+    assert s.to_json()["comparable"] is None
+
+
+def test_reaching_at_step_zero_counts_one_eval_interval():
+    pt = [(0, 0.3), (50, 0.5), (100, 0.8), (150, 0.7)]
+    tpt = [(0, 0.85), (50, 0.8), (100, 0.84)]  # already best before training
+    s = speedups(pt, tpt)
+    assert s.resolution == 50
+    assert s.tpt_best_step == 0 and s.tpt_immediate
+    assert s.convergence == 100 / 50
+    assert s.tpt_comparable_step == 0 and s.comparable_immediate
+    assert s.comparable == 100 / 50 and s.comparable_text() == ">=2.00x"
+    # PT that never improves on its step-0 score: numerator clamped too
+    flat = speedups([(0, 0.9), (50, 0.8)], [(0, 0.5), (50, 0.95)])
+    assert flat.pt_immediate and flat.convergence == 1.0 and flat.comparable == 1.0
+    # only step-0 evals: resolution falls back to one step
+    assert speedups([(0, 0.5)], [(0, 0.6)]).resolution == 1
+
+
+def test_unequal_eval_intervals_use_actual_steps_and_unsorted_input():
+    pt = [(1000, 0.9), (10, 0.1), (30, 0.5), (300, 0.85)]  # unsorted, irregular
+    tpt = [(5, 0.2), (25, 0.9), (500, 0.95)]
+    s = speedups(pt, tpt)
+    assert s.pt_best_step == 1000 and s.tpt_best_step == 500
+    assert s.convergence == 2.0
+    assert s.tpt_comparable_step == 25 and s.comparable == 40.0
+    assert s.resolution == 5
+
+
+def test_bad_curves():
+    with pytest.raises(DataError, match="PT eval curve is empty"):
+        speedups([], [(1, 0.5)])
+    with pytest.raises(DataError, match="several evals at step"):
+        speedups([(1, 0.5), (1, 0.6)], [(1, 0.5)])
+    with pytest.raises(DataError, match="scores finite"):
+        speedups([(1, 0.5)], [(1, float("nan"))])
+    with pytest.raises(DataError, match="not a \\(step, score\\) pair"):
+        speedups([(1, 0.5, 3)], [(1, 0.5)])
