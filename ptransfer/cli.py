@@ -44,11 +44,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _QuietLibraries(logging.Filter):
+    """Drops library chatter that says nothing to a user: gin's include-path
+    probing ("Path not found" for each search path it tries) and orbax's
+    per-save INFO lines. Warnings and errors of other libraries pass."""
+
+    GIN_PROBES = ("Path not found:", "system_path_file_exists:")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if record.name == "root" and msg.startswith(self.GIN_PROBES):
+            return False
+        return not (record.name == "absl" and record.levelno < logging.WARNING)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_QuietLibraries())
+        for noisy in ("jax._src.xla_bridge", "jax._src.dispatch"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1

@@ -1,0 +1,1 @@
+"""Plots and the human-readable report, drawn from results JSON."""

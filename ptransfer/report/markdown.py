@@ -1,0 +1,193 @@
+"""The human-readable report, written from the results JSON only.
+
+`write_report(results_dir)` reads cross_task.json, tpt.json, indicators.json
+(and run_info.json when present), draws the PNGs with `report.plots` and
+writes REPORT.md: tables, plots, and a plain-language reading whose every
+sentence is chosen by the numbers (a finding that did not reproduce is said
+to have not reproduced).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from statistics import mean
+
+from ptransfer.report import plots
+
+
+def _load(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _fmt(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def family_means(cross_task: dict) -> dict[str, float | None]:
+    """Mean off-diagonal relative transfer within the sentiment family, from a
+    sentiment source to a non-sentiment target, and of the random prompt."""
+    types = cross_task["task_types"]
+    within, across = [], []
+    for s in cross_task["sources"]:
+        for t in cross_task["targets"]:
+            if s == t or types.get(s) != "sentiment":
+                continue
+            rel = cross_task["relative"][s].get(t)
+            if rel is None:
+                continue
+            (within if types.get(t) == "sentiment" else across).append(rel)
+    rand = cross_task.get("baselines_relative", {}).get("random_prompt", {})
+    return {
+        "sentiment_to_sentiment": mean(within) if within else None,
+        "sentiment_to_other": mean(across) if across else None,
+        "random_prompt": mean(rand.values()) if rand else None,
+    }
+
+
+def _reading_transfer(cross_task: dict) -> list[str]:
+    fm = family_means(cross_task)
+    within, across, rand = fm["sentiment_to_sentiment"], fm["sentiment_to_other"], fm["random_prompt"]
+    out = []
+    if within is None and across is not None:
+        out.append(f"Sentiment prompts reach on average {across:.2f} of a target's own-prompt "
+                   "score on the dissimilar tasks (no same-type pair was measured).")
+    if within is not None and across is not None:
+        verdict = ("reproduced: prompts carry over far better within the task type"
+                   if within > across + 0.05 else
+                   "did not reproduce clearly: the gap between same-type and cross-type "
+                   "transfer is within 0.05")
+        out.append(f"Sentiment prompts reach on average {within:.2f} of a target's own-prompt score "
+                   f"on other sentiment tasks and {across:.2f} on the dissimilar tasks — {verdict}.")
+    if rand is not None and within is not None:
+        out.append(f"A random prompt of the same norm reaches {rand:.2f} on average, so tuned "
+                   f"same-type prompts are {'above' if within > rand else 'not above'} that baseline.")
+    return out
+
+
+def _reading_tpt(tpt: dict) -> list[str]:
+    out = []
+    for pair in tpt["pairs"]:
+        conv, comp = pair.get("mean_convergence_speedup"), pair.get("mean_comparable_speedup")
+        name = f"{pair['source']}→{pair['target']}"
+        if comp is None:
+            out.append(f"{name}: TPT never reached vanilla PT's best score within the budget "
+                       "(comparable-result speedup n/a), so this pair shows no speedup.")
+        else:
+            faster = "faster" if comp > 1 else ("no faster" if comp == 1 else "slower")
+            out.append(f"{name}: TPT reached PT's best score {comp:.2f}× as fast ({faster}); "
+                       f"convergence speedup {_fmt(conv, 2)}; head start at the first evaluation "
+                       f"{_fmt(pair.get('head_start'), 3)}.")
+    return out
+
+
+def _reading_indicators(ind: dict) -> list[str]:
+    overall = {k: v for k, v in ind["spearman"]["overall"].items()
+               if v is not None and not math.isnan(v)}
+    if not overall:
+        return ["No indicator correlation could be computed (too few pairs)."]
+    best = max(overall, key=overall.get)
+    emb = {k: v for k, v in overall.items() if k != "ON"}
+    out = [f"The indicator most correlated with measured transfer is {best} "
+           f"(Spearman {overall[best]:+.2f})."]
+    if "ON" in overall and emb:
+        best_emb = max(emb, key=emb.get)
+        if overall["ON"] > emb[best_emb]:
+            out.append(f"ON ({overall['ON']:+.2f}) beats the best embedding similarity "
+                       f"{best_emb} ({emb[best_emb]:+.2f}), as the paper found.")
+        else:
+            out.append(f"ON ({overall['ON']:+.2f}) does not beat the best embedding similarity "
+                       f"{best_emb} ({emb[best_emb]:+.2f}) here: the paper's finding did not "
+                       "reproduce on this model and these tasks.")
+    windows = {k: v for k, v in ind["spearman"].get("windows", {}).items() if v is not None}
+    if windows:
+        top = max(windows, key=windows.get)
+        out.append(f"ON's signal is strongest in layers {top} (Spearman {windows[top]:+.2f}).")
+    return out
+
+
+def write_report(results_dir: str, out_path: str | None = None) -> str:
+    """Draws the plots and writes REPORT.md into results_dir; returns its path."""
+    out_path = out_path or os.path.join(results_dir, "REPORT.md")
+    path = lambda name: os.path.join(results_dir, name)  # noqa: E731
+    info = _load(path("run_info.json")) if os.path.exists(path("run_info.json")) else {}
+    cross = _load(path("cross_task.json"))
+    tpt = _load(path("tpt.json")) if os.path.exists(path("tpt.json")) else None
+    ind = _load(path("indicators.json")) if os.path.exists(path("indicators.json")) else None
+
+    md = [f"# Prompt transferability on {cross['backbone']}", ""]
+    if info:
+        md += ["## Setup", "", _table(["setting", "value"], [[k, json.dumps(v) if isinstance(v, (dict, list)) else v]
+                                                            for k, v in info.items()]), ""]
+    md += ["## What the numbers say", ""]
+    md += [f"- {s}" for s in _reading_transfer(cross)]
+    if tpt:
+        md += [f"- {s}" for s in _reading_tpt(tpt)]
+    if ind:
+        md += [f"- {s}" for s in _reading_indicators(ind)]
+    md += [""]
+
+    plots.transfer_heatmap(cross, path("transfer_heatmap.png"))
+    targets = cross["targets"]
+    md += ["## Zero-shot cross-task transfer", "",
+           "Relative performance = score(S→T) / score(T→T); metric per target: " +
+           ", ".join(f"{t}: {cross['metric'][t]}" for t in targets) + ".", "",
+           "![transfer heatmap](transfer_heatmap.png)", "", "Raw scores (mean over seeds ± std):", ""]
+    rows = []
+    for s in cross["sources"]:
+        row = [s]
+        for t in targets:
+            m, sd = cross["scores"][s].get(t), cross.get("scores_std", {}).get(s, {}).get(t)
+            row.append(f"{m:.3f}" + (f" ± {sd:.3f}" if sd else "") if m is not None else "n/a")
+        rows.append(row)
+    for b, sc in cross.get("baselines", {}).items():
+        rows.append([f"({b})"] + [sc.get(t) for t in targets])
+    md += [_table(["source \\ target"] + targets, rows), ""]
+    if cross.get("eval_sizes"):
+        md += ["Evaluation examples per target: " +
+               ", ".join(f"{t}: {n}" for t, n in cross["eval_sizes"].items()) + ".", ""]
+
+    if tpt:
+        md += ["## Transfer as initialization", "",
+               _table(["source → target", "seeds", "conv. speedup", "comparable speedup",
+                       "PT best", "TPT best"],
+                      [[f"{p['source']} → {p['target']}", len(p["pt"]["curves"]),
+                        p.get("mean_convergence_speedup"), p.get("mean_comparable_speedup"),
+                        p.get("pt_best"), p.get("tpt_best")] for p in tpt["pairs"]]), ""]
+        for p in tpt["pairs"]:
+            name = f"curves_{p['source']}_to_{p['target']}.png"
+            plots.tpt_curves(p, path(name))
+            md += [f"![{p['source']} to {p['target']}]({name})", ""]
+
+    if ind:
+        plots.indicator_scatter(ind, path("indicator_scatter.png"))
+        md += ["## Transferability indicators", "",
+               "Spearman correlation between each indicator and measured relative transfer "
+               "(off-diagonal pairs):", "",
+               _table(["indicator", "overall"] + list(ind["spearman"]["per_target"].get("ON", {})),
+                      [[k, v] + [ind["spearman"]["per_target"].get(k, {}).get(t)
+                                 for t in ind["spearman"]["per_target"].get("ON", {})]
+                       for k, v in ind["spearman"]["overall"].items()]), "",
+               "![indicator scatter](indicator_scatter.png)", ""]
+        if ind["spearman"].get("windows"):
+            plots.on_by_window(ind, path("on_by_window.png"))
+            md += ["ON by window of consecutive layers:", "",
+                   _table(["layers", "Spearman"], list(ind["spearman"]["windows"].items())), "",
+                   "![ON by layer window](on_by_window.png)", ""]
+    tmp = out_path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(md))
+    os.replace(tmp, out_path)
+    return out_path

@@ -1,0 +1,113 @@
+"""PNG plots drawn from the results JSON only (never from in-memory state).
+
+Inputs are the dicts written by `transfer.matrix` (cross_task.json),
+`transfer.init_transfer` (tpt.json) and `indicators.pipeline`
+(indicators.json); the keys each function reads are named in its docstring.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def transfer_heatmap(cross_task: dict, path: str) -> str:
+    """Relative performance S→T as a heatmap, tasks grouped by type.
+
+    Reads: sources, targets, relative[s][t], task_types, baselines_relative.
+    """
+    sources, targets = cross_task["sources"], cross_task["targets"]
+    rows = list(sources) + [f"({b})" for b in cross_task.get("baselines_relative", {})]
+    values = [[cross_task["relative"][s].get(t, math.nan) for t in targets] for s in sources]
+    for b, rel in cross_task.get("baselines_relative", {}).items():
+        values.append([rel.get(t, math.nan) for t in targets])
+    grid = np.array(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.1 * len(targets) + 2.5, 0.6 * len(rows) + 2))
+    im = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=max(1.0, float(np.nanmax(grid))))
+    ax.set_xticks(range(len(targets)), targets, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("target task")
+    ax.set_ylabel("source prompt")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            if not math.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if grid[i, j] < 0.6 else "black")
+    types = cross_task.get("task_types", {})
+    ax.set_title("Zero-shot transfer, relative performance\n(" +
+                 ", ".join(sorted({types.get(t, "?") for t in targets})) + ")")
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    return _save(fig, path)
+
+
+def tpt_curves(pair: dict, path: str) -> str:
+    """Eval curves of vanilla PT and TPT for one source→target pair.
+
+    Reads: source, target, metric, pt.curves{seed: [[step, score]]}, tpt.curves.
+    """
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, key, color in (("PT (vanilla)", "pt", "tab:blue"),
+                              (f"TPT from {pair['source']}", "tpt", "tab:orange")):
+        for k, (seed, curve) in enumerate(sorted(pair[key]["curves"].items())):
+            steps, scores = zip(*curve)
+            ax.plot(steps, scores, color=color, alpha=0.9 if k == 0 else 0.45,
+                    marker=".", label=label if k == 0 else None)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(pair.get("metric", "score"))
+    ax.set_title(f"{pair['target']}: PT vs TPT ({len(pair['pt']['curves'])} seed(s))")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def indicator_scatter(indicators: dict, path: str) -> str:
+    """One panel per indicator: its value vs measured relative transfer, per pair.
+
+    Reads: points[indicator] = [[value, relative_transfer], ...], spearman.overall.
+    """
+    names = list(indicators["points"])
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        pts = np.array(indicators["points"][name], dtype=float).reshape(-1, 2)
+        ax.scatter(pts[:, 0], pts[:, 1], s=18)
+        rho = indicators["spearman"]["overall"].get(name)
+        ax.set_title(f"{name}  (Spearman {rho:+.2f})" if rho is not None and not math.isnan(rho)
+                     else name)
+        ax.set_xlabel(name)
+        ax.set_ylabel("relative transfer")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def on_by_window(indicators: dict, path: str) -> str:
+    """Spearman correlation of ON per window of consecutive layers.
+
+    Reads: spearman.windows = {"0-2": rho, ...} in layer order.
+    """
+    windows = indicators["spearman"]["windows"]
+    labels = list(windows)
+    values = [windows[w] if windows[w] is not None else math.nan for w in labels]
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(labels) + 2), 3.6))
+    ax.bar(range(len(labels)), values, color="tab:green")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_xlabel("layers")
+    ax.set_ylabel("Spearman ρ (ON vs transfer)")
+    ax.set_title("Where ON's signal lives")
+    return _save(fig, path)

