@@ -1,0 +1,75 @@
+"""The demo pipeline end to end on a tiny backbone and two real offline tasks.
+
+Same code path as `make demo` (gin profile experiments/demo_tiny.gin); checks
+every report artifact exists and that the report is drawn from the JSON.
+"""
+
+import json
+import os
+
+import pytest
+
+from ptransfer.report.markdown import write_report
+
+ARTIFACTS = ("cross_task.json", "tpt.json", "indicators.json", "run_info.json", "REPORT.md",
+             "transfer_heatmap.png", "curves_mr_to_sms_spam.png", "indicator_scatter.png",
+             "on_by_window.png")
+
+
+@pytest.fixture(scope="module")
+def demo_out(assets_dir, tmp_path_factory):
+    from ptransfer.demo import run_demo
+    from ptransfer.training import gin_setup
+
+    out = tmp_path_factory.mktemp("demo")
+    gin_setup.parse_gin(["experiments/demo_tiny.gin"], [f"OUT_DIR='{out}'"],
+                        required=("BACKBONE",))
+    report = run_demo()
+    assert report == os.path.join(str(out), "REPORT.md")
+    return str(out)
+
+
+def test_every_artifact_is_produced(demo_out):
+    for name in ARTIFACTS:
+        path = os.path.join(demo_out, name)
+        assert os.path.isfile(path) and os.path.getsize(path) > 0, name
+    report = open(os.path.join(demo_out, "REPORT.md")).read()
+    for png in ARTIFACTS:
+        if png.endswith(".png"):
+            assert f"({png})" in report, f"REPORT.md does not show {png}"
+    cross = json.load(open(os.path.join(demo_out, "cross_task.json")))
+    assert cross["sources"] == ["mr", "sms_spam"]
+    tpt = json.load(open(os.path.join(demo_out, "tpt.json")))
+    pair = tpt["pairs"][0]
+    assert (pair["source"], pair["target"]) == ("mr", "sms_spam")
+    assert [p[0] for p in pair["pt"]["curves"]["0"]] == [0, 2, 4, 6]
+
+
+def test_report_is_drawn_from_the_json(demo_out):
+    path = os.path.join(demo_out, "cross_task.json")
+    cross = json.load(open(path))
+    cross["scores"]["mr"]["sms_spam"] = 12.345
+    cross["eval_sizes"]["sms_spam"] = 4242
+    with open(path, "w") as f:
+        json.dump(cross, f)
+    for png in ("transfer_heatmap.png", "indicator_scatter.png"):
+        os.remove(os.path.join(demo_out, png))
+    write_report(demo_out)
+    report = open(os.path.join(demo_out, "REPORT.md")).read()
+    assert "12.345" in report and "sms_spam: 4242" in report
+    assert os.path.isfile(os.path.join(demo_out, "transfer_heatmap.png"))
+    assert os.path.isfile(os.path.join(demo_out, "indicator_scatter.png"))
+
+
+def test_rerun_reuses_finished_stages(demo_out, caplog):
+    from ptransfer.demo import run_demo
+    from ptransfer.training import gin_setup
+
+    gin_setup.parse_gin(["experiments/demo_tiny.gin"], [f"OUT_DIR='{demo_out}'"],
+                        required=("BACKBONE",))
+    before = os.path.getmtime(os.path.join(demo_out, "tpt.json"))
+    with caplog.at_level("INFO", logger="ptransfer.demo"):
+        run_demo()
+    assert "bank entry exists, reused" in caplog.text
+    assert "tpt.json is up to date, reused" in caplog.text
+    assert os.path.getmtime(os.path.join(demo_out, "tpt.json")) == before

@@ -1,0 +1,89 @@
+"""The zero-shot cross-task matrix: shape, diagonal, no recompilation, bad input."""
+
+import numpy as np
+import pytest
+
+from ptransfer import load_backbone
+from ptransfer.errors import ConfigError, DataError
+from ptransfer.transfer import bank
+from ptransfer.transfer.matrix import cross_task_matrix, random_prompt_like
+
+TASKS = ["mr", "sms_spam", "trec"]
+SETTINGS = dict(split="validation", eval_examples=8, input_length=48, target_length=14,
+                batch_size=8)
+
+
+def _meta(seed):
+    return {"init": "random", "steps": 0, "best_score": None, "metric": "accuracy",
+            "seed": seed}
+
+
+def _fill_bank(bank_dir, backbone, seed, length=3, tasks=TASKS):
+    rng = np.random.default_rng(seed)
+    for task in tasks:
+        prompt = rng.normal(0, 0.5, (length, backbone.d_model)).astype(np.float32)
+        bank.write_entry(str(bank_dir), backbone.name, task, f"seed{seed}", prompt, _meta(seed))
+
+
+@pytest.fixture(scope="module")
+def backbone(assets_dir):
+    return load_backbone("preset:llama_tiny")
+
+
+def _score_stack_compilations(backbone):
+    cache = backbone.__dict__["_ptransfer_jit_cache"]
+    return sum(fn._cache_size() for key, fn in cache.items()
+               if isinstance(key, tuple) and key[0] == "score_stack")
+
+
+def test_matrix_shape_diagonal_and_no_recompilation(backbone, tmp_path):
+    first, second = tmp_path / "bank_a", tmp_path / "bank_b"
+    _fill_bank(first, backbone, seed=0)
+    _fill_bank(second, backbone, seed=1)
+    result = cross_task_matrix(backbone, str(first), TASKS, **SETTINGS)
+    assert set(result["sources"]) == set(TASKS) and set(result["targets"]) == set(TASKS)
+    for s in TASKS:
+        assert set(result["scores"][s]) == set(TASKS)
+        assert result["relative"][s][s] == pytest.approx(1.0)
+        for t in TASKS:
+            assert 0.0 <= result["scores"][s][t] <= 100.0
+            assert result["relative"][s][t] == pytest.approx(
+                result["scores"][s][t] / result["scores"][t][t])
+    assert set(result["baselines"]) == {"no_prompt", "random_prompt"}
+    assert result["eval_sizes"] == {t: 8 for t in TASKS}
+    # Types order the targets: sentiment first, then spam, then question.
+    assert result["targets"] == ["mr", "sms_spam", "trec"]
+
+    compiled = _score_stack_compilations(backbone)
+    assert compiled >= 1
+    swapped = cross_task_matrix(backbone, str(second), TASKS, **SETTINGS)
+    assert _score_stack_compilations(backbone) == compiled, "new prompts recompiled the scorer"
+    assert swapped["runs"] == {t: ["seed1"] for t in TASKS}
+
+
+def test_random_baseline_has_the_mean_norm():
+    prompts = np.random.default_rng(0).normal(size=(4, 3, 8)).astype(np.float32)
+    rand = random_prompt_like(prompts, seed=3)
+    want = np.mean([np.linalg.norm(p) for p in prompts])
+    assert rand.shape == (3, 8)
+    assert np.linalg.norm(rand) == pytest.approx(want, rel=1e-5)
+
+
+def test_mixed_prompt_shapes_are_named(backbone, tmp_path):
+    _fill_bank(tmp_path, backbone, seed=0, length=3, tasks=["mr"])
+    _fill_bank(tmp_path, backbone, seed=0, length=5, tasks=["sms_spam"])
+    with pytest.raises(ConfigError, match=r"mixed shapes.*mr/seed0.*sms_spam/seed0"):
+        cross_task_matrix(backbone, str(tmp_path), ["mr"], **SETTINGS)
+
+
+def test_empty_bank_is_a_clear_error(backbone, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="bank"):
+        cross_task_matrix(backbone, str(tmp_path / "empty"), ["mr"], **SETTINGS)
+
+
+def test_masked_lm_cannot_serve_a_generative_target(tmp_path):
+    mlm = load_backbone("preset:mlm_tiny")
+    _fill_bank(tmp_path, mlm, seed=0, tasks=["mr"])
+    with pytest.raises(ConfigError, match="squad.*cannot serve"):
+        cross_task_matrix(mlm, str(tmp_path), ["squad"], **SETTINGS)
