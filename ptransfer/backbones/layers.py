@@ -132,3 +132,28 @@ def gather_log_probs(logits: jax.Array, ids: jax.Array) -> jax.Array:
     logits = logits.astype(jnp.float32)
     picked = jnp.take_along_axis(logits, ids[..., None], axis=-1)[..., 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+class Embed(nn.Module):
+    """Token embedding table [V, D] (axes 'vocab', 'embed'), T5X's `embedding`.
+
+    `__call__` looks ids up: [...] -> [..., D] in `dtype`; `attend` is the
+    tied output head: [..., D] -> [..., V] in float32.
+    """
+
+    num_embeddings: int
+    features: int
+    dtype: jnp.dtype = jnp.float32
+    embedding_init: Callable = nn.initializers.normal(stddev=1.0)
+    # Other tables (BERT's positions, token types) name their first axis differently.
+    axes: tuple[str | None, str | None] = ("vocab", "embed")
+
+    def setup(self):
+        self.embedding = param_with_axes(self, "embedding", self.embedding_init,
+                                         (self.num_embeddings, self.features), self.axes)
+
+    def __call__(self, ids):
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x):
+        return jnp.dot(x.astype(jnp.float32), self.embedding.astype(jnp.float32).T)

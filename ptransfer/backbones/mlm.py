@@ -1,0 +1,709 @@
+"""BERT / RoBERTa encoders with their masked-LM head (the paper's RoBERTa rows).
+
+Architecture (post-LN, as HF `BertForMaskedLM` / `RobertaForMaskedLM`):
+  word + token-type (type 0) + learned absolute position embeddings -> LayerNorm
+  -> N x [self-attention (+biases) -> residual -> LayerNorm -> dense -> GELU
+  (exact erf) -> dense -> residual -> LayerNorm]
+  -> MLM head: dense -> GELU -> LayerNorm -> decoder tied to the word
+  embeddings + output bias.
+
+Parameter names (T5X-like, kernels [in, out]):
+  token_embedder/embedding [V, D]          position_embedder/embedding [Pmax, D]
+  token_type_embedder/embedding [T, D]     embedding_norm/{scale, bias}
+  layers_N/attention/{query,key,value,out}/{kernel, bias}
+  layers_N/post_attention_layer_norm/{scale, bias}
+  layers_N/mlp/{wi, wo}/{kernel, bias}     layers_N/post_mlp_layer_norm/{scale, bias}
+  mlm_head/dense/{kernel, bias}  mlm_head/layer_norm/{scale, bias}  mlm_head/bias [V]
+
+Inputs and the prompt (the choices every caller relies on):
+  * `inputs` are what the HF tokenizer produces for the task's MLM template:
+    the start token (<s> / [CLS]) first, the end token (</s> / [SEP]) last and
+    exactly one mask token (<mask> / [MASK]) where the label word goes. They
+    follow the shared batch layout (left-padded + `inputs_mask`). When an
+    input holds several mask tokens the first one is read.
+  * The prompt goes right AFTER the start token: [CLS] [prompt] text ... The
+    prompt vectors replace word embeddings; like every other token they get
+    the token-type-0 embedding and a position embedding: the start token takes
+    the first position, the prompt the next P, the text the rest. This is what
+    HF computes when given `inputs_embeds = [emb(CLS), prompt, emb(text)]`
+    (RoBERTa: sequential positions from padding_idx + 1; BERT: from 0), and the
+    official code likewise gives prompt tokens ordinary positions.
+  * Position ids come from `inputs_mask` (RoBERTa: padding_idx + rank, pads
+    keep padding_idx; BERT: rank from 0), so left padding never changes a
+    result. Internally the columns are laid out [prompt, inputs]; an encoder
+    without causal masking depends on order only through the position ids, so
+    no per-example gather is needed to put the prompt after the start token.
+  * Classification reads the MLM logits at the mask position only (the head
+    is never computed elsewhere); targets are single label-word tokens
+    ([B, 1]; `add_eos_to_targets` is False). An example without a mask token
+    or a target with more than one token is a ConfigError when the arrays are
+    concrete; inside jit its score is NaN, so it cannot pass unnoticed.
+  * `ffn_activations` captures (flax `sow`) the GELU output of every layer's
+    FFN at the mask position: [num_layers, B, 1, d_ff] -- the paper's ON
+    setting for RoBERTa (mask position, all layers, activation > 0).
+  * This family does not generate: `greedy_decode` raises ConfigError, so
+    QA / summarization tasks are not served by it.
+
+Test presets (`mlm_tiny`: RoBERTa flavour, `bert_tiny`: BERT flavour) use
+`seqio.ByteVocabulary()` ids: pad 0, end 1 (the byte vocab's EOS), unk 2,
+bytes 3..258, plus two ids this module reserves above the byte range: start
+259 and mask 260 (vocab_size 264). A template encodes its text with the byte
+vocabulary and places `config.bos_id` / `config.mask_id` itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ptransfer.backbones.base import Backbone, batched_prompt, prompt_length
+from ptransfer.backbones.layers import (ACTIVATIONS, Dense, Embed, LayerNorm, dot_product_attention,
+                                        gather_log_probs, mask_to_bias, param_with_axes)
+from ptransfer.errors import CheckpointError, ConfigError, close_matches_hint
+
+log = logging.getLogger(__name__)
+
+HF_ARCHITECTURES = ("RobertaForMaskedLM", "BertForMaskedLM")
+FLAVORS = ("bert", "roberta")
+_INIT = nn.initializers.normal(0.02)  # BERT's initializer_range
+
+
+# ---- config and presets -----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MlmConfig:
+    """Shapes and special ids of a BERT / RoBERTa masked LM.
+
+    flavor: "roberta" (position ids start at pad_id + 1, pads keep pad_id) or
+      "bert" (position ids start at 0).
+    bos_id / eos_id: the start ([CLS], <s>) and end ([SEP], </s>) tokens a
+      template puts around the text; mask_id: the mask slot token.
+    dtype: compute dtype (storage dtype is chosen when loading).
+    """
+
+    d_model: int
+    num_heads: int
+    d_ff: int
+    num_layers: int
+    vocab_size: int
+    max_positions: int
+    type_vocab_size: int = 1
+    layer_norm_epsilon: float = 1e-5
+    flavor: str = "roberta"
+    pad_id: int = 1
+    bos_id: int = 0
+    eos_id: int = 2
+    mask_id: int = 50264
+    activation: str = "gelu"
+    dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        if self.flavor not in FLAVORS:
+            raise ConfigError(f"MLM flavor {self.flavor!r} is unknown; use one of {FLAVORS}.")
+        if self.d_model % self.num_heads:
+            raise ConfigError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}.")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation {self.activation!r} is not supported."
+                              + close_matches_hint(self.activation, ACTIVATIONS))
+        for field in ("pad_id", "bos_id", "eos_id", "mask_id"):
+            if not 0 <= getattr(self, field) < self.vocab_size:
+                raise ConfigError(f"{field}={getattr(self, field)} is outside the vocabulary "
+                                  f"(vocab_size {self.vocab_size}).")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def position_offset(self) -> int:
+        """Position id of the first real token."""
+        return self.pad_id + 1 if self.flavor == "roberta" else 0
+
+    @property
+    def max_length(self) -> int:
+        """Most tokens (prompt included) one sequence may hold."""
+        return self.max_positions - self.position_offset
+
+
+# Byte-vocabulary ids of the test presets (see module docstring).
+TINY_VOCAB = dict(vocab_size=264, pad_id=0, eos_id=1, bos_id=259, mask_id=260)
+
+PRESETS: dict[str, MlmConfig] = {
+    "roberta_base": MlmConfig(d_model=768, num_heads=12, d_ff=3072, num_layers=12, vocab_size=50265,
+                              max_positions=514, type_vocab_size=1, layer_norm_epsilon=1e-5,
+                              flavor="roberta", pad_id=1, bos_id=0, eos_id=2, mask_id=50264),
+    "roberta_large": MlmConfig(d_model=1024, num_heads=16, d_ff=4096, num_layers=24, vocab_size=50265,
+                               max_positions=514, type_vocab_size=1, layer_norm_epsilon=1e-5,
+                               flavor="roberta", pad_id=1, bos_id=0, eos_id=2, mask_id=50264),
+    "bert_base_uncased": MlmConfig(d_model=768, num_heads=12, d_ff=3072, num_layers=12,
+                                   vocab_size=30522, max_positions=512, type_vocab_size=2,
+                                   layer_norm_epsilon=1e-12, flavor="bert", pad_id=0, bos_id=101,
+                                   eos_id=102, mask_id=103),
+    "mlm_tiny": MlmConfig(d_model=32, num_heads=4, d_ff=64, num_layers=2, max_positions=258,
+                          type_vocab_size=1, layer_norm_epsilon=1e-5, flavor="roberta", **TINY_VOCAB),
+    "bert_tiny": MlmConfig(d_model=32, num_heads=4, d_ff=64, num_layers=2, max_positions=256,
+                           type_vocab_size=2, layer_norm_epsilon=1e-12, flavor="bert", **TINY_VOCAB),
+}
+
+
+# ---- Flax modules ------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    """Bidirectional multi-head attention with biases: [B, S, D] -> [B, S, D]."""
+
+    config: MlmConfig
+
+    @nn.compact
+    def __call__(self, x, bias):
+        c = self.config
+        b, s, _ = x.shape
+        proj = lambda name: Dense(c.num_heads * c.head_dim, ("embed", "joined_kv"), use_bias=True,
+                                  dtype=c.dtype, kernel_init=_INIT, name=name)
+        q, k, v = (proj(n)(x).reshape(b, s, c.num_heads, c.head_dim) for n in ("query", "key", "value"))
+        out = dot_product_attention(q, k, v, bias, dtype=c.dtype)
+        return Dense(c.d_model, ("joined_kv", "embed"), use_bias=True, dtype=c.dtype,
+                     kernel_init=_INIT, name="out")(out.reshape(b, s, c.num_heads * c.head_dim))
+
+
+class Mlp(nn.Module):
+    """wi -> activation -> wo with biases. [B, S, D] -> [B, S, D].
+
+    With `capture_at` (int [B]) it sows the activation output at that column
+    of each example into the 'intermediates' collection as [B, 1, F].
+    """
+
+    config: MlmConfig
+
+    @nn.compact
+    def __call__(self, x, capture_at=None):
+        c = self.config
+        h = Dense(c.d_ff, ("embed", "mlp"), use_bias=True, dtype=c.dtype, kernel_init=_INIT, name="wi")(x)
+        h = ACTIVATIONS[c.activation](h)
+        if capture_at is not None:
+            self.sow("intermediates", "activations",
+                     jnp.take_along_axis(h, capture_at[:, None, None], axis=1))
+        return Dense(c.d_model, ("mlp", "embed"), use_bias=True, dtype=c.dtype, kernel_init=_INIT,
+                     name="wo")(h)
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN transformer layer: [B, S, D] -> [B, S, D]."""
+
+    config: MlmConfig
+
+    @nn.compact
+    def __call__(self, x, bias, capture_at=None):
+        c = self.config
+        ln = lambda name: LayerNorm(epsilon=c.layer_norm_epsilon, dtype=c.dtype, name=name)
+        x = ln("post_attention_layer_norm")(x + SelfAttention(c, name="attention")(x, bias))
+        return ln("post_mlp_layer_norm")(x + Mlp(c, name="mlp")(x, capture_at))
+
+
+class MlmHead(nn.Module):
+    """dense -> activation -> LayerNorm -> tied decoder + bias: [..., D] -> float32 [..., V]."""
+
+    config: MlmConfig
+
+    @nn.compact
+    def __call__(self, x, embedding):
+        c = self.config
+        h = Dense(c.d_model, ("embed", None), use_bias=True, dtype=c.dtype, kernel_init=_INIT,
+                  name="dense")(x)
+        h = LayerNorm(epsilon=c.layer_norm_epsilon, dtype=c.dtype, name="layer_norm")(
+            ACTIVATIONS[c.activation](h))
+        bias = param_with_axes(self, "bias", nn.initializers.zeros, (c.vocab_size,), ("vocab",))
+        logits = jnp.einsum("...d,vd->...v", h, embedding.astype(c.dtype),
+                            preferred_element_type=jnp.float32)
+        return logits + bias.astype(jnp.float32)
+
+
+def layout_positions(inputs_mask, prompt_len: int, config: MlmConfig):
+    """Position ids and key mask of the [prompt, inputs] column layout.
+
+    Args:
+      inputs_mask: [B, Li] 1 on real tokens (left padding allowed).
+    Returns:
+      position_ids int32 [B, P + Li] and key_mask bool [B, P + Li]: the start
+      token (first real input) has rank 0, the prompt ranks 1..P and the rest
+      of the text P+1...; position id = rank + config.position_offset; pads
+      get pad_id (RoBERTa) or 0 (BERT) and are masked out as keys.
+    """
+    m = inputs_mask.astype(jnp.int32)
+    b = m.shape[0]
+    rank = jnp.cumsum(m, axis=1) - 1
+    rank = rank + prompt_len * (rank >= 1)
+    prompt_rank = jnp.broadcast_to(1 + jnp.arange(prompt_len, dtype=jnp.int32), (b, prompt_len))
+    key_mask = jnp.concatenate([jnp.ones((b, prompt_len), bool), m.astype(bool)], axis=1)
+    pos = jnp.concatenate([prompt_rank, rank], axis=1) + config.position_offset
+    pad_pos = config.pad_id if config.flavor == "roberta" else 0
+    return jnp.where(key_mask, pos, pad_pos).astype(jnp.int32), key_mask
+
+
+class MlmEncoder(nn.Module):
+    """Embeddings + encoder stack + MLM head (see module docstring)."""
+
+    config: MlmConfig
+
+    def setup(self):
+        c = self.config
+        table = lambda n, axes: Embed(n, c.d_model, dtype=c.dtype, embedding_init=_INIT, axes=axes)
+        self.token_embedder = table(c.vocab_size, ("vocab", "embed"))
+        self.position_embedder = table(c.max_positions, ("positions", "embed"))
+        self.token_type_embedder = table(c.type_vocab_size, (None, "embed"))
+        self.embedding_norm = LayerNorm(epsilon=c.layer_norm_epsilon, dtype=c.dtype)
+        self.layers = [EncoderLayer(c) for _ in range(c.num_layers)]
+        self.mlm_head = MlmHead(c)
+
+    def embed(self, ids):
+        """Word embeddings: ids [...] -> [..., D]."""
+        return self.token_embedder(ids)
+
+    def encode(self, inputs, inputs_mask, prompt=None, capture_at=None):
+        """Hidden states in the [prompt, inputs] layout.
+
+        Args:
+          inputs, inputs_mask: [B, Li]; prompt: None or [B, P, D].
+          capture_at: None or int [B] columns (of the layout) whose FFN
+            activations are sown.
+        Returns:
+          [B, P + Li, D].
+        """
+        words = self.token_embedder(inputs)
+        p = 0 if prompt is None else prompt.shape[1]
+        if prompt is not None:
+            words = jnp.concatenate([prompt.astype(words.dtype), words], axis=1)
+        position_ids, key_mask = layout_positions(inputs_mask, p, self.config)
+        x = words + self.token_type_embedder(jnp.zeros_like(position_ids))
+        x = self.embedding_norm(x + self.position_embedder(position_ids))
+        bias = mask_to_bias(key_mask[:, None, None, :])
+        for layer in self.layers:
+            x = layer(x, bias, capture_at)
+        return x
+
+    def head(self, hidden):
+        """MLM logits: [..., D] -> float32 [..., V]."""
+        return self.mlm_head(hidden, self.token_embedder.embedding)
+
+    def logits_at(self, inputs, inputs_mask, prompt, read_at, capture: bool = False):
+        """MLM logits at one layout column per example: read_at int [B] -> [B, V]."""
+        hidden = self.encode(inputs, inputs_mask, prompt, read_at if capture else None)
+        picked = jnp.take_along_axis(hidden, read_at[:, None, None], axis=1)[:, 0]
+        return self.head(picked)
+
+    def __call__(self, inputs, inputs_mask, prompt=None):
+        """MLM logits at every layout column: [B, P + Li, V]."""
+        return self.head(self.encode(inputs, inputs_mask, prompt))
+
+
+# ---- input checks --------------------------------------------------------------
+
+
+def _concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_mask_slots(inputs, inputs_mask, mask_id: int, task_name: str | None = None) -> None:
+    """ConfigError unless every example has a mask token among its real tokens."""
+    has = np.any((np.asarray(inputs) == mask_id) & (np.asarray(inputs_mask) > 0), axis=1)
+    if not has.all():
+        rows = np.flatnonzero(~has)
+        where = f" of task {task_name!r}" if task_name else ""
+        raise ConfigError(
+            f"{len(rows)} example(s){where} (batch rows {rows[:5].tolist()}) have no mask token "
+            f"(id {mask_id}). A masked-LM backbone reads the label at the mask slot: the task's "
+            "MLM template must contain one (e.g. '<s> {text} It was <mask>. </s>').")
+
+
+def check_single_token_label_words(vocab, words, task_name: str) -> list[int]:
+    """The token id of every label word; ConfigError naming the first word that
+    is not exactly one token of `vocab` (a seqio.Vocabulary)."""
+    ids = []
+    unk = getattr(vocab, "unk_id", None)
+    for word in words:
+        tokens = list(vocab.encode(word))
+        if len(tokens) == 1 and unk is not None and tokens[0] == unk:
+            raise ConfigError(
+                f"task {task_name!r}: label word {word!r} is not in this vocabulary (it encodes to "
+                "the unknown token). Choose a label word the backbone's tokenizer knows.")
+        if len(tokens) != 1:
+            pieces = [vocab.decode([t]) for t in tokens]
+            raise ConfigError(
+                f"task {task_name!r}: label word {word!r} is {len(tokens)} tokens {pieces} in this "
+                "vocabulary, but a masked-LM backbone scores one token at the mask slot. Choose a "
+                "single-token label word for this task's MLM verbalizer (RoBERTa words usually "
+                "need a leading space, e.g. ' positive').")
+        ids.append(int(tokens[0]))
+    return ids
+
+
+def _single_token_targets(targets, targets_mask, what: str):
+    """First token of each [N, Lt] target and whether it is the only real one."""
+    targets = jnp.asarray(targets)
+    n_real = jnp.sum(jnp.asarray(targets_mask) > 0, axis=1)
+    if _concrete(n_real) and not bool(jnp.all(n_real == 1)):
+        bad = np.flatnonzero(np.asarray(n_real) != 1)
+        raise ConfigError(
+            f"{what} {bad[:5].tolist()} have {np.asarray(n_real)[bad[:5]].tolist()} tokens; a "
+            "masked-LM backbone scores exactly one label token at the mask slot. Use single-token "
+            "label words (see check_single_token_label_words).")
+    return targets[:, 0], n_real == 1
+
+
+# ---- the backbone ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class MlmBackbone(Backbone):
+    """A frozen BERT / RoBERTa masked LM (see module docstring for the layout).
+
+    Attributes (beyond Backbone's):
+      axes: logical axis names of `params` (a matching pytree of tuples).
+    """
+
+    axes: Any = None
+    family: str = dataclasses.field(default="mlm", init=False)
+    add_eos_to_targets: bool = dataclasses.field(default=False, init=False)
+
+    def __post_init__(self):
+        self.module = MlmEncoder(self.config)
+        # Public methods check their input, then run these; under an outer
+        # jit they inline, called eagerly they still run compiled.
+        self._jit_mask_logits = jax.jit(self._mask_logits_impl)
+        self._jit_ffn = jax.jit(self._ffn_impl)
+        self._jit_logits = jax.jit(self._all_logits_impl)
+
+    # ---- structure -------------------------------------------------------------
+
+    def logical_axes(self):
+        return self.axes
+
+    def embed(self, params, ids):
+        return self.module.apply({"params": params}, ids, method=MlmEncoder.embed)
+
+    def embedding_table(self, params):
+        return params["token_embedder"]["embedding"]
+
+    def dummy_mlm_ids(self) -> tuple[int, int, int]:
+        """The template-free ON stimulus: (start, mask, end), i.e. '<s> <mask> </s>'."""
+        c = self.config
+        return (c.bos_id, c.mask_id, c.eos_id)
+
+    # ---- checks --------------------------------------------------------------------
+
+    def _check_inputs(self, prompt, inputs, inputs_mask=None) -> None:
+        """Prompt width, total length (static) and mask slots (when concrete)."""
+        self.check_prompt(prompt)
+        p = prompt_length(prompt)
+        total = p + int(np.shape(inputs)[1])
+        if total > self.config.max_length:
+            raise ConfigError(
+                f"prompt length {p} + input length {np.shape(inputs)[1]} = {total} exceeds the "
+                f"{self.config.max_length} positions of backbone {self.name!r}; shorten the task's "
+                "max input length or the prompt.")
+        if inputs_mask is not None and _concrete(inputs) and _concrete(inputs_mask):
+            check_mask_slots(inputs, inputs_mask, self.config.mask_id)
+
+    # ---- compiled cores ------------------------------------------------------------
+
+    def _mask_column(self, inputs, inputs_mask, prompt_len: int):
+        """Layout column of the first mask token [B] and whether there is one [B]."""
+        is_mask = (inputs == self.config.mask_id) & (inputs_mask > 0)
+        col = jnp.argmax(is_mask, axis=1).astype(jnp.int32) + prompt_len
+        return col, jnp.any(is_mask, axis=1)
+
+    def _mask_logits_impl(self, params, prompt, inputs, inputs_mask):
+        """float32 [B, V] MLM logits at the mask slot; NaN rows where there is none."""
+        col, has = self._mask_column(inputs, inputs_mask, prompt_length(prompt))
+        prompt = batched_prompt(prompt, inputs.shape[0], self.config.dtype)
+        logits = self.module.apply({"params": params}, inputs, inputs_mask, prompt, col,
+                                   method=MlmEncoder.logits_at)
+        return jnp.where(has[:, None], logits, jnp.nan)
+
+    def _ffn_impl(self, params, prompt, inputs, inputs_mask):
+        col, has = self._mask_column(inputs, inputs_mask, prompt_length(prompt))
+        prompt = batched_prompt(prompt, inputs.shape[0], self.config.dtype)
+        _, state = self.module.apply({"params": params}, inputs, inputs_mask, prompt, col, True,
+                                     method=MlmEncoder.logits_at, mutable=["intermediates"])
+        acts = state["intermediates"]
+        out = jnp.stack([acts[f"layers_{i}"]["mlp"]["activations"][0]
+                         for i in range(self.config.num_layers)]).astype(jnp.float32)
+        return jnp.where(has[None, :, None, None], out, jnp.nan)
+
+    def _all_logits_impl(self, params, prompt, inputs):
+        prompt = batched_prompt(prompt, inputs.shape[0], self.config.dtype)
+        logits = self.module.apply({"params": params}, inputs, jnp.ones_like(inputs), prompt)
+        p = prompt_length(prompt)
+        # layout [prompt, start, text] -> input order [start, prompt, text]
+        return jnp.concatenate([logits[:, p:p + 1], logits[:, :p], logits[:, p + 1:]], axis=1)
+
+    # ---- the hot path ------------------------------------------------------------
+
+    def target_log_likelihood(self, params, prompt, batch):
+        """log p(label token at the mask slot): targets [B, 1] -> float32 [B]."""
+        inputs, mask = jnp.asarray(batch["inputs"]), jnp.asarray(batch["inputs_mask"])
+        self._check_inputs(prompt, inputs, mask)
+        label, single = _single_token_targets(batch["targets"], batch["targets_mask"], "targets of rows")
+        logits = self._jit_mask_logits(params, prompt, inputs, mask)
+        return jnp.where(single, gather_log_probs(logits, label), jnp.nan)
+
+    def score_candidates(self, params, prompt, inputs, inputs_mask, candidates, candidates_mask):
+        """One encoder pass; log-softmax at the mask slot read for all C
+        single-token candidates [C, 1] -> float32 [B, C]."""
+        inputs, inputs_mask = jnp.asarray(inputs), jnp.asarray(inputs_mask)
+        self._check_inputs(prompt, inputs, inputs_mask)
+        ids, single = _single_token_targets(candidates, candidates_mask, "candidates")
+        logits = self._jit_mask_logits(params, prompt, inputs, inputs_mask)
+        log_probs = jnp.take(jax.nn.log_softmax(logits, axis=-1), ids, axis=1)
+        return jnp.where(single[None, :], log_probs, jnp.nan)
+
+    def greedy_decode(self, params, prompt, inputs, inputs_mask, max_decode_len):
+        raise ConfigError(
+            f"backbone {self.name!r} is a masked LM (family 'mlm'): it does not generate text, so "
+            "generative tasks (QA, summarization) cannot be run on it. Use a T5 or decoder-only "
+            "backbone for them, or a classification task with an MLM template.")
+
+    def ffn_activations(self, params, prompt, inputs, inputs_mask):
+        """GELU output of every layer's FFN at the mask slot: float32
+        [num_layers, B, 1, d_ff] (NaN rows for examples without a mask)."""
+        inputs, inputs_mask = jnp.asarray(inputs), jnp.asarray(inputs_mask)
+        self._check_inputs(prompt, inputs, inputs_mask)
+        return self._jit_ffn(params, prompt, inputs, inputs_mask)
+
+    def logits(self, inputs, targets=None, prompt=None):
+        """MLM logits at every position of unpadded inputs, in input order:
+        float32 [B, 1 + P + Li - 1, V] ([start, prompt, rest]). `targets` is
+        accepted for the common signature and not used (an MLM reads its label
+        at the mask slot)."""
+        inputs = jnp.asarray(inputs, jnp.int32)
+        self._check_inputs(prompt, inputs)
+        return self._jit_logits(self.params, prompt, inputs)
+
+
+# ---- construction ------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _abstract_and_axes(config: MlmConfig):
+    """(tree of jax.ShapeDtypeStruct, tree of logical-axis tuples) of the params."""
+    module = MlmEncoder(config)
+    ids = jnp.zeros((1, 2), jnp.int32)
+    boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids)))["params"]
+    is_boxed = lambda x: isinstance(x, nn.LogicallyPartitioned)
+    axes = jax.tree_util.tree_map(lambda x: tuple(x.names), boxed, is_leaf=is_boxed)
+    return nn.unbox(boxed), axes
+
+
+def _to_dict(tree):
+    return {k: _to_dict(v) for k, v in tree.items()} if hasattr(tree, "items") else tree
+
+
+def _byte_vocab():
+    import seqio
+
+    return seqio.ByteVocabulary()
+
+
+def _random_params(abstract, seed: int) -> dict[str, np.ndarray]:
+    """BERT's init drawn with numpy (no XLA compile): LayerNorm scales 1, biases
+    0, kernels and embeddings N(0, 0.02). Returns {path: float32 array}."""
+    from ptransfer.checkpoints.tree import flatten
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for path, leaf in sorted(flatten(abstract).items()):
+        leaf_name = path.rsplit("/", 1)[-1]
+        if leaf_name == "scale":
+            out[path] = np.ones(leaf.shape, np.float32)
+        elif leaf_name == "bias":
+            out[path] = np.zeros(leaf.shape, np.float32)
+        else:
+            out[path] = (0.02 * rng.standard_normal(leaf.shape, np.float32))
+    return out
+
+
+def from_preset(name: str, *, seed: int = 0, dtype=None, mesh=None) -> MlmBackbone:
+    """Random init of a named shape (tests, benchmarks); vocab: seqio.ByteVocabulary."""
+    from ptransfer.checkpoints.tree import ParamTreeBuilder
+
+    if name not in PRESETS:
+        raise ConfigError(f"unknown MLM preset {name!r}." + close_matches_hint(name, PRESETS))
+    config = PRESETS[name]
+    abstract, axes = _abstract_and_axes(config)
+    builder = ParamTreeBuilder(abstract, axes, dtype=dtype, mesh=mesh, source=f"preset:{name}")
+    for path, array in _random_params(abstract, seed).items():
+        builder.put(path, array)
+    return MlmBackbone(name=name, config=config, params=builder.build(), vocab=_byte_vocab(),
+                       axes=_to_dict(axes))
+
+
+# ---- HF checkpoints -------------------------------------------------------------------
+
+# Special tokens by flavor: (tokenizer.json names, config.json key, published default).
+_SPECIALS = {
+    "roberta": {"pad_id": (("<pad>",), "pad_token_id", 1), "bos_id": (("<s>",), "bos_token_id", 0),
+                "eos_id": (("</s>",), "eos_token_id", 2), "mask_id": (("<mask>",), "mask_token_id", None)},
+    "bert": {"pad_id": (("[PAD]",), "pad_token_id", 0), "bos_id": (("[CLS]",), "bos_token_id", None),
+             "eos_id": (("[SEP]",), "eos_token_id", None), "mask_id": (("[MASK]",), "mask_token_id", None)},
+}
+# Published vocabularies whose special ids are known without a tokenizer file.
+_KNOWN_SPECIALS = {("roberta", 50265): dict(mask_id=50264),
+                   ("bert", 30522): dict(bos_id=101, eos_id=102, mask_id=103),
+                   ("bert", 28996): dict(bos_id=101, eos_id=102, mask_id=103)}
+
+
+def _special_ids(hf: dict, flavor: str, tokenizer) -> dict[str, int]:
+    out = {}
+    known = _KNOWN_SPECIALS.get((flavor, hf["vocab_size"]), {})
+    for field, (tok_names, key, default) in _SPECIALS[flavor].items():
+        value = None
+        if tokenizer is not None:
+            value = next((tokenizer.token_to_id(t) for t in tok_names
+                          if tokenizer.token_to_id(t) is not None), None)
+        if value is None and hf.get(key) is not None:
+            value = hf[key]
+        if value is None:
+            value = known.get(field, default)
+        if value is None:
+            raise ConfigError(
+                f"cannot tell the {tok_names[0]} token id of this {flavor} checkpoint: put its "
+                f"tokenizer.json next to config.json (or set {key!r} in config.json).")
+        out[field] = int(value)
+    return out
+
+
+def _config_from_hf(hf: dict, tokenizer) -> MlmConfig:
+    model_type = hf.get("model_type", "")
+    arch = (hf.get("architectures") or [""])[0]
+    flavor = "roberta" if model_type == "roberta" or arch.startswith("Roberta") else "bert"
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise CheckpointError(f"position_embedding_type {hf['position_embedding_type']!r} is not "
+                              "supported; only 'absolute' position embeddings are.")
+    if hf.get("tie_word_embeddings", True) is False:
+        raise CheckpointError("this checkpoint unties the MLM decoder from the word embeddings "
+                              "(tie_word_embeddings: false), which ptransfer's MLM head does not "
+                              "support.")
+    return MlmConfig(
+        d_model=hf["hidden_size"], num_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
+        num_layers=hf["num_hidden_layers"], vocab_size=hf["vocab_size"],
+        max_positions=hf["max_position_embeddings"], type_vocab_size=hf.get("type_vocab_size", 2),
+        layer_norm_epsilon=hf.get("layer_norm_eps", 1e-12), flavor=flavor,
+        activation=hf.get("hidden_act", "gelu"), **_special_ids(hf, flavor, tokenizer))
+
+
+def _hf_names(ckpt, num_layers: int) -> dict[str, tuple[str, bool]]:
+    """ptransfer path -> (HF tensor name, transpose?)."""
+    prefix = next((p for p in ("roberta.", "bert.", "") if f"{p}embeddings.word_embeddings.weight" in ckpt),
+                  None)
+    if prefix is None:
+        raise CheckpointError(f"{ckpt.directory}: no embeddings.word_embeddings.weight tensor; this is "
+                              "not a BERT/RoBERTa checkpoint.")
+    if "lm_head.dense.weight" in ckpt:
+        head = {"dense": "lm_head.dense", "layer_norm": "lm_head.layer_norm",
+                "bias": ("lm_head.bias", "lm_head.decoder.bias")}
+    elif "cls.predictions.transform.dense.weight" in ckpt:
+        head = {"dense": "cls.predictions.transform.dense",
+                "layer_norm": "cls.predictions.transform.LayerNorm",
+                "bias": ("cls.predictions.bias", "cls.predictions.decoder.bias")}
+    else:
+        raise CheckpointError(f"{ckpt.directory}: the checkpoint has no masked-LM head (lm_head.* or "
+                              "cls.predictions.*); save the model as RobertaForMaskedLM / "
+                              "BertForMaskedLM.")
+
+    def ln(name):  # old BERT checkpoints call LayerNorm's params gamma/beta
+        w = f"{name}.weight" if f"{name}.weight" in ckpt else f"{name}.gamma"
+        b = f"{name}.bias" if f"{name}.bias" in ckpt else f"{name}.beta"
+        return w, b
+
+    names: dict[str, tuple[str, bool]] = {}
+
+    def linear(dst, src):
+        names[f"{dst}/kernel"] = (f"{src}.weight", True)
+        names[f"{dst}/bias"] = (f"{src}.bias", False)
+
+    def norm(dst, src):
+        w, b = ln(src)
+        names[f"{dst}/scale"] = (w, False)
+        names[f"{dst}/bias"] = (b, False)
+
+    e = f"{prefix}embeddings"
+    names["token_embedder/embedding"] = (f"{e}.word_embeddings.weight", False)
+    names["position_embedder/embedding"] = (f"{e}.position_embeddings.weight", False)
+    names["token_type_embedder/embedding"] = (f"{e}.token_type_embeddings.weight", False)
+    norm("embedding_norm", f"{e}.LayerNorm")
+    for i in range(num_layers):
+        src, dst = f"{prefix}encoder.layer.{i}", f"layers_{i}"
+        for n in ("query", "key", "value"):
+            linear(f"{dst}/attention/{n}", f"{src}.attention.self.{n}")
+        linear(f"{dst}/attention/out", f"{src}.attention.output.dense")
+        norm(f"{dst}/post_attention_layer_norm", f"{src}.attention.output.LayerNorm")
+        linear(f"{dst}/mlp/wi", f"{src}.intermediate.dense")
+        linear(f"{dst}/mlp/wo", f"{src}.output.dense")
+        norm(f"{dst}/post_mlp_layer_norm", f"{src}.output.LayerNorm")
+    linear("mlm_head/dense", head["dense"])
+    norm("mlm_head/layer_norm", head["layer_norm"])
+    names["mlm_head/bias"] = (next((b for b in head["bias"] if b in ckpt), head["bias"][0]), False)
+    return names
+
+
+def _check_tied_decoder(ckpt, word_name: str) -> None:
+    for name in ("lm_head.decoder.weight", "cls.predictions.decoder.weight"):
+        if name in ckpt and not np.array_equal(ckpt.get(name), ckpt.get(word_name)):
+            raise CheckpointError(f"{ckpt.directory}: {name} differs from the word embeddings; "
+                                  "ptransfer's MLM head ties the decoder to them (untied decoders "
+                                  "are not supported).")
+
+
+def _load_tokenizer(directory: str):
+    """(tokenizers.Tokenizer or None, seqio vocabulary) of an HF directory."""
+    if not os.path.isfile(os.path.join(directory, "tokenizer.json")):
+        log.warning("%s has no tokenizer.json; using seqio.ByteVocabulary as the vocabulary "
+                    "(fine for tests; a real model needs its tokenizer).", directory)
+        return None, _byte_vocab()
+    from ptransfer.vocab import TokenizersVocabulary
+
+    vocab = TokenizersVocabulary.from_hf_dir(directory)
+    return vocab.tokenizer, vocab
+
+
+def from_hf(directory: str, *, dtype=None, mesh=None) -> MlmBackbone:
+    """A RobertaForMaskedLM / BertForMaskedLM safetensors directory.
+
+    Special ids (mask, start, end, pad) come from tokenizer.json when present,
+    else from config.json, else from the published vocabularies.
+    """
+    from ptransfer.checkpoints.safetensors_io import SafetensorsCheckpoint
+    from ptransfer.checkpoints.tree import ParamTreeBuilder
+
+    config_path = os.path.join(directory, "config.json")
+    try:
+        with open(config_path) as f:
+            hf = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {config_path}: {e}") from None
+    tokenizer, vocab = _load_tokenizer(directory)
+    try:
+        config = _config_from_hf(hf, tokenizer)
+    except KeyError as e:
+        raise CheckpointError(f"{config_path} lacks {e.args[0]!r}; is it a BERT/RoBERTa config?") from None
+    ckpt = SafetensorsCheckpoint(directory)
+    abstract, axes = _abstract_and_axes(config)
+    builder = ParamTreeBuilder(abstract, axes, dtype=dtype, mesh=mesh, source=directory)
+    names = _hf_names(ckpt, config.num_layers)
+    _check_tied_decoder(ckpt, names["token_embedder/embedding"][0])
+    for path, (name, transpose) in names.items():
+        array = ckpt.get(name)
+        builder.put(path, array.T if transpose else array)
+    name = os.path.basename(os.path.normpath(directory))
+    return MlmBackbone(name=name, config=config, params=builder.build(), vocab=vocab,
+                       axes=_to_dict(axes))
