@@ -69,7 +69,7 @@ class ParamTreeBuilder:
                 f"{self._source}: {path} has shape {tuple(array.shape)} but the model expects {want}. "
                 "The checkpoint does not match the preset/config; pick the preset of the model "
                 "that wrote it.")
-        array = np.asarray(array).astype(self._dtype)
+        array = np.asarray(array, dtype=self._dtype)  # no copy when the dtype already matches
         if self._mesh is not None:
             from ptransfer.training.partitioning import logical_to_spec, divisible_spec
             from jax.sharding import NamedSharding
