@@ -1,0 +1,1 @@
+"""Benchmarks and planning scripts (never part of the test run)."""
