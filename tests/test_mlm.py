@@ -216,7 +216,8 @@ def test_preset_storage_dtype_and_mesh():
     leaves = jax.tree_util.tree_leaves(bb.params)
     assert all(x.dtype == jnp.bfloat16 and isinstance(x.sharding, NamedSharding) for x in leaves)
     c = bb.config
-    assert c.flavor == "bert" and c.position_offset == 0 and c.mask_id >= bb.vocab.vocab_size
+    assert c.flavor == "bert" and c.position_offset == 0
+    assert bb.vocab.tokenizer.id_to_token(c.mask_id) == "<mask>"
     assert bb.params["token_type_embedder"]["embedding"].shape == (2, c.d_model)
     assert bb.dummy_mlm_ids() == (c.bos_id, c.mask_id, c.eos_id)
 
@@ -231,15 +232,28 @@ def test_published_preset_shapes():
                       "bert_base_uncased": 109_514_298}
 
 
-def test_tiny_preset_with_byte_vocab(tiny):
-    bb = tiny
-    c = bb.config
-    assert isinstance(bb.vocab, seqio.ByteVocabulary) and c.vocab_size >= bb.vocab.vocab_size
-    assert min(c.bos_id, c.mask_id) >= bb.vocab.vocab_size and c.pad_id == bb.vocab.pad_id
-    text = bb.vocab.encode("great movie")
-    ids = np.array([[c.bos_id] + text + [c.mask_id, c.eos_id]], np.int32)
-    label_ids = mlm.check_single_token_label_words(bb.vocab, ["y", "n"], "toy")
-    cand = np.array(label_ids, np.int32)[:, None]
+def test_tiny_preset_vocab_has_byte_ids_and_single_token_label_words(tiny):
+    """The tiny presets' label-word BPE (mlm_vocab): byte ids for plain text, the
+    config's special ids, and every registered task's MLM label words as one token."""
+    import tasks
+
+    bb, c = tiny, tiny.config
+    tok = bb.vocab.tokenizer
+    assert c.vocab_size >= bb.vocab.vocab_size and c.pad_id == bb.vocab.pad_id == 0
+    assert [tok.id_to_token(i) for i in (c.pad_id, c.eos_id, c.bos_id, c.mask_id)] == [
+        "<pad>", "</s>", "<s>", "<mask>"]
+    text = "great movie, 10/10 \u00e9"
+    assert bb.vocab.encode(text) == seqio.ByteVocabulary().encode(text)
+    for name in tasks.task_names():
+        words = tasks.get_spec(name).mlm_label_words
+        ids = mlm.check_single_token_label_words(bb.vocab, words, name)
+        assert len(set(ids)) == len(words) and min(ids, default=261) > c.mask_id
+        assert [bb.vocab.decode([i]) for i in ids] == list(words)
+    # a label word is one token inside text too, as in RoBERTa's BPE
+    assert bb.vocab.encode("It was positive") == bb.vocab.encode("It was") + bb.vocab.encode(" positive")
+    ids = np.array([[c.bos_id] + bb.vocab.encode("great movie") + [c.mask_id, c.eos_id]], np.int32)
+    cand = np.array(mlm.check_single_token_label_words(bb.vocab, [" negative", " positive"], "mr"),
+                    np.int32)[:, None]
     scores = np.asarray(bb.score_candidates(bb.params, None, ids, np.ones_like(ids), cand,
                                             np.ones_like(cand)))
     assert scores.shape == (1, 2) and np.all(np.isfinite(scores)) and np.all(scores < 0)

@@ -44,11 +44,20 @@ Inputs and the prompt (the choices every caller relies on):
   * This family does not generate: `greedy_decode` raises ConfigError, so
     QA / summarization tasks are not served by it.
 
-Test presets (`mlm_tiny`: RoBERTa flavour, `bert_tiny`: BERT flavour) use
-`seqio.ByteVocabulary()` ids: pad 0, end 1 (the byte vocab's EOS), unk 2,
-bytes 3..258, plus two ids this module reserves above the byte range: start
-259 and mask 260 (vocab_size 264). A template encodes its text with the byte
-vocabulary and places `config.bos_id` / `config.mask_id` itself.
+Label words. Each task declares single-token MLM label words (RoBERTa style,
+with the leading space: " positive"); `check_single_token_label_words` refuses
+a word that is not one token of the backbone's vocabulary, naming the word and
+the task (`tasks.get_task(..., mlm=...)` and `features.label_candidates(...,
+mlm=True)` call it). The main path is the checkpoint's own `tokenizer.json`.
+
+Test presets (`mlm_tiny`: RoBERTa flavour, `bert_tiny`: BERT flavour) have no
+tokenizer file; their vocabulary (`mlm_vocab.tiny_vocab`) is a small
+byte-level BPE, built like RoBERTa's, whose merges make every registered MLM
+label word one token, on top of the byte vocabulary's ids: pad 0, end 1,
+unk 2, bytes 3..258 (as seqio.ByteVocabulary), start 259, mask 260, label-word
+merge tokens from 261 (vocab_size 384 leaves room for more tasks' words). A
+template encodes its text with the vocabulary and places `config.bos_id` /
+`config.mask_id` itself.
 """
 
 from __future__ import annotations
@@ -135,8 +144,8 @@ class MlmConfig:
         return self.max_positions - self.position_offset
 
 
-# Byte-vocabulary ids of the test presets (see module docstring).
-TINY_VOCAB = dict(vocab_size=264, pad_id=0, eos_id=1, bos_id=259, mask_id=260)
+# Ids of the test presets' vocabulary (module docstring; `mlm_vocab.tiny_vocab`).
+TINY_VOCAB = dict(vocab_size=384, pad_id=0, eos_id=1, bos_id=259, mask_id=260)
 
 PRESETS: dict[str, MlmConfig] = {
     "roberta_base": MlmConfig(d_model=768, num_heads=12, d_ff=3072, num_layers=12, vocab_size=50265,
@@ -533,7 +542,12 @@ def _random_params(abstract, seed: int) -> dict[str, np.ndarray]:
 
 
 def from_preset(name: str, *, seed: int = 0, dtype=None, mesh=None) -> MlmBackbone:
-    """Random init of a named shape (tests, benchmarks); vocab: seqio.ByteVocabulary."""
+    """Random init of a named shape (tests, benchmarks).
+
+    Vocabulary: the tiny presets get `mlm_vocab.tiny_vocab` (byte ids plus
+    single-token label words); the published shapes (roberta_*, bert_*) get
+    seqio.ByteVocabulary (their real tokenizer comes with `from_hf`).
+    """
     from ptransfer.checkpoints.tree import ParamTreeBuilder
 
     if name not in PRESETS:
@@ -543,8 +557,17 @@ def from_preset(name: str, *, seed: int = 0, dtype=None, mesh=None) -> MlmBackbo
     builder = ParamTreeBuilder(abstract, axes, dtype=dtype, mesh=mesh, source=f"preset:{name}")
     for path, array in _random_params(abstract, seed).items():
         builder.put(path, array)
-    return MlmBackbone(name=name, config=config, params=builder.build(), vocab=_byte_vocab(),
+    return MlmBackbone(name=name, config=config, params=builder.build(), vocab=_preset_vocab(config),
                        axes=_to_dict(axes))
+
+
+def _preset_vocab(config: MlmConfig):
+    tiny = {k: getattr(config, k) for k in TINY_VOCAB} == TINY_VOCAB
+    if not tiny:
+        return _byte_vocab()
+    from ptransfer.backbones.mlm_vocab import tiny_vocab
+
+    return tiny_vocab(config.vocab_size)
 
 
 # ---- HF checkpoints -------------------------------------------------------------------

@@ -8,7 +8,7 @@ table). ON is also computed on every window of consecutive layers, to show
 where its signal lives.
 
 Stimulus: "dummy" (the paper's single fixed input: the text "." — one
-ordinary token; a masked LM gets "<mask> ." so the mask position exists) or
+ordinary token; a masked LM gets its start, mask and end tokens, `dummy_mlm_ids()`) or
 "task:<name>" (the first `stimulus_examples` validation examples of a task).
 
 Output keys: backbone, tasks, stimulus, positions, threshold, window_size,
