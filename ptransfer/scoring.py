@@ -1,0 +1,277 @@
+"""Evaluation of prompts: batched rank classification and greedy decoding.
+
+Classification tasks are scored by rank classification: every example's
+inputs are encoded once and all label words are scored in ONE jitted call
+(`Backbone.score_candidates`, [B, C] log-likelihoods); the prediction is the
+label with the highest total log-likelihood of its target tokens. Generative
+tasks are decoded greedily and the text is scored by the task's metrics.
+
+Compilation: the jitted functions are cached per backbone object and shape,
+and the prompt is an argument, so evaluating another prompt of the same shape
+never recompiles (the transfer matrix relies on it). `Scorer.*_stack` runs a
+stack of K prompts `[K, L, D]` in one call (`jax.lax.map` over chunks of
+`prompts_per_call` prompts, the frozen params shared).
+
+An `EvalSet` is a fixed, ordered subset of a split converted once to padded
+arrays, so every evaluation in a run sees the same examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ptransfer.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+# ---- the evaluation set ------------------------------------------------------
+
+@dataclasses.dataclass
+class EvalSet:
+    """A fixed ordered set of examples as padded arrays (built once per run).
+
+    spec:                  the task's TaskSpec (label words, metrics)
+    inputs, inputs_mask:   int32 [N, Li] (left-padded, the shared batch layout)
+    labels:                int32 [N] label index (classification), else None
+    candidates(_mask):     int32 [C, Lt] label-word targets (classification)
+    references:            per-example gold answers / target texts (generation)
+    max_decode_len:        greedy decoding length (generation)
+    """
+
+    spec: Any
+    split: str
+    inputs: np.ndarray
+    inputs_mask: np.ndarray
+    labels: np.ndarray | None = None
+    candidates: np.ndarray | None = None
+    candidates_mask: np.ndarray | None = None
+    references: Sequence[Any] = ()
+    max_decode_len: int = 32
+
+    def __post_init__(self):
+        if len(self.inputs) == 0:
+            raise DataError(f"task {self.task!r} split {self.split!r} has no examples to evaluate "
+                            "on; check the split name and the data (`ptransfer tasks`).")
+
+    @property
+    def task(self) -> str:
+        return self.spec.name
+
+    @property
+    def size(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @property
+    def is_classification(self) -> bool:
+        return bool(self.spec.is_classification)
+
+    @property
+    def primary_metric(self) -> str:
+        return self.spec.primary_metric
+
+
+def build_eval_set(task, spec, backbone, split: str, max_examples: int | None,
+                   lengths: Mapping[str, int], *, truncate_inputs: str = "right",
+                   mlm: bool = False, chunk: int = 256) -> EvalSet:
+    """The first `max_examples` of `split` in the split's fixed order (None: all),
+    converted once to padded arrays, with the label candidates or references."""
+    from ptransfer import features
+
+    want = None if max_examples is None else int(max_examples)
+    rows: dict[str, list] = {}
+    n = 0
+    stream = features.iterate_batches(task, split, chunk if want is None else min(chunk, want),
+                                      lengths, shuffle=False, repeat=False,
+                                      truncate_inputs=truncate_inputs)
+    for batch in stream:
+        keep = batch["valid"] > 0
+        for key in ("inputs", "inputs_mask", "label"):
+            if key in batch:
+                rows.setdefault(key, []).append(batch[key][keep])
+        n += int(keep.sum())
+        if want is not None and n >= want:
+            break
+    stream.close()
+    if n == 0:
+        raise DataError(f"task {spec.name!r} split {split!r} has no examples to evaluate on.")
+    arrays = {k: np.concatenate(v)[:want] for k, v in rows.items()}
+    kw: dict[str, Any] = {}
+    if spec.is_classification:
+        kw["labels"] = arrays["label"].astype(np.int32)
+        kw["candidates"], kw["candidates_mask"] = features.label_candidates(
+            spec, backbone.vocab, backbone.add_eos_to_targets, int(lengths["targets"]), mlm=mlm)
+    else:
+        refs = features.references(task, split)
+        kw["references"] = refs[:len(arrays["inputs"])]
+        kw["max_decode_len"] = int(lengths["targets"])
+    return EvalSet(spec=spec, split=split, inputs=arrays["inputs"].astype(np.int32),
+                   inputs_mask=arrays["inputs_mask"].astype(np.int32), **kw)
+
+
+# ---- the scorer --------------------------------------------------------------
+
+def _cached(backbone, key, build):
+    """A jitted function per (backbone object, key), so repeated Scorers share compilations."""
+    cache = backbone.__dict__.setdefault("_ptransfer_jit_cache", {})
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
+def to_host(x) -> np.ndarray:
+    """A (possibly multi-host) jax.Array -> numpy, gathered across processes when needed."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _put(x: np.ndarray, sharding):
+    """A host array every process holds in full -> a jax.Array with `sharding`."""
+    if sharding is None:
+        return jnp.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+class Scorer:
+    """Evaluates prompts of one backbone.
+
+    Args:
+      backbone: the frozen `Backbone`.
+      params: its params as placed for this mesh (default `backbone.params`).
+      batch_size: examples per call (a multiple of the mesh's data axis).
+      mesh: when given, batches are split over 'data' and prompts replicated.
+      prompts_per_call: how many prompts of a stack one call evaluates at once.
+    """
+
+    def __init__(self, backbone, *, params=None, batch_size: int = 32, mesh=None,
+                 prompts_per_call: int = 4):
+        if batch_size <= 0:
+            raise ConfigError(f"eval batch size must be positive, got {batch_size}.")
+        self.backbone = backbone
+        self.params = backbone.params if params is None else params
+        self.batch_size = int(batch_size)
+        self.mesh = mesh
+        self.prompts_per_call = max(1, int(prompts_per_call))
+        if mesh is not None:
+            from ptransfer.training import partitioning
+
+            partitioning.check_batch_divisible(self.batch_size, mesh)
+            self._batch_sharding = partitioning.batch_sharding(mesh)
+            self._replicated = partitioning.replicated(mesh)
+        else:
+            self._batch_sharding = self._replicated = None
+        bb = backbone
+        self._score = _cached(bb, "score", lambda: jax.jit(bb.score_candidates))
+        self._score_stack = _cached(bb, ("score_stack", self.prompts_per_call), lambda: jax.jit(
+            lambda params, prompts, i, im, c, cm: jax.lax.map(
+                lambda p: bb.score_candidates(params, p, i, im, c, cm), prompts,
+                batch_size=self.prompts_per_call)))
+        self._decode = _cached(bb, "decode", lambda: jax.jit(bb.greedy_decode, static_argnums=(4,)))
+
+    # -- batching -----------------------------------------------------------
+
+    def _batches(self, eval_set: EvalSet):
+        """Yields (start, n_real, inputs, inputs_mask) with the last batch padded by
+        repeating row 0 (so shapes and compilations stay fixed)."""
+        n, bs = eval_set.size, self.batch_size
+        for start in range(0, n, bs):
+            stop = min(start + bs, n)
+            idx = np.arange(start, start + bs)
+            idx[idx >= n] = 0
+            yield (start, stop - start, _put(eval_set.inputs[idx], self._batch_sharding),
+                   _put(eval_set.inputs_mask[idx], self._batch_sharding))
+
+    def _prompt(self, prompt):
+        if prompt is None:
+            return None
+        prompt = np.asarray(prompt, np.float32)
+        self.backbone.check_prompt(prompt)
+        return _put(prompt, self._replicated)
+
+    def _candidates(self, eval_set: EvalSet):
+        if eval_set.candidates is None:
+            raise ConfigError(f"task {eval_set.task!r} has no label words to rank.")
+        return (_put(eval_set.candidates, self._replicated),
+                _put(eval_set.candidates_mask, self._replicated))
+
+    # -- raw outputs --------------------------------------------------------
+
+    def candidate_log_likelihoods(self, prompt, eval_set: EvalSet) -> np.ndarray:
+        """float32 [N, C]: log-likelihood of each label word for each example."""
+        p = self._prompt(prompt)
+        c, cm = self._candidates(eval_set)
+        out = np.zeros((eval_set.size, len(eval_set.candidates)), np.float32)
+        for start, n, x, xm in self._batches(eval_set):
+            scores = self._score(self.params, p, x, xm, c, cm)
+            out[start:start + n] = to_host(scores)[:n]
+        return out
+
+    def candidate_log_likelihoods_stack(self, prompts, eval_set: EvalSet) -> np.ndarray:
+        """float32 [K, N, C] for a stack of prompts [K, L, D] (one compilation per K)."""
+        prompts = np.asarray(prompts, np.float32)
+        if prompts.ndim != 3:
+            raise ConfigError(f"a prompt stack must be [K, L, D], got {prompts.shape}.")
+        self.backbone.check_prompt(prompts[0])
+        ps = _put(prompts, self._replicated)
+        c, cm = self._candidates(eval_set)
+        out = np.zeros((len(prompts), eval_set.size, len(eval_set.candidates)), np.float32)
+        for start, n, x, xm in self._batches(eval_set):
+            scores = self._score_stack(self.params, ps, x, xm, c, cm)
+            out[:, start:start + n] = to_host(scores)[:, :n]
+        return out
+
+    def decode(self, prompt, eval_set: EvalSet) -> np.ndarray:
+        """int32 [N, max_decode_len] greedy continuations (0 after EOS)."""
+        p = self._prompt(prompt)
+        out = np.zeros((eval_set.size, eval_set.max_decode_len), np.int32)
+        for start, n, x, xm in self._batches(eval_set):
+            ids = self._decode(self.params, p, x, xm, eval_set.max_decode_len)
+            out[start:start + n] = to_host(ids)[:n]
+        return out
+
+    # -- metrics ------------------------------------------------------------
+
+    @staticmethod
+    def metrics_from_scores(scores: np.ndarray, eval_set: EvalSet) -> dict[str, float]:
+        """The task's metrics from [N, C] rank-classification log-likelihoods."""
+        from tasks import compute_metrics
+
+        predictions = np.argmax(scores, axis=-1)
+        return {k: float(v) for k, v in
+                compute_metrics(eval_set.spec, eval_set.labels.tolist(), predictions.tolist()).items()}
+
+    def evaluate(self, prompt, eval_set: EvalSet) -> dict[str, float]:
+        """The task's metrics for one prompt (None: no prompt)."""
+        t0 = time.perf_counter()
+        if eval_set.is_classification:
+            metrics = self.metrics_from_scores(self.candidate_log_likelihoods(prompt, eval_set),
+                                               eval_set)
+        else:
+            metrics = self._generation_metrics(self.decode(prompt, eval_set), eval_set)
+        log.debug("eval %s/%s (%d examples) in %.2fs", eval_set.task, eval_set.split,
+                  eval_set.size, time.perf_counter() - t0)
+        return metrics
+
+    def evaluate_stack(self, prompts, eval_set: EvalSet) -> list[dict[str, float]]:
+        """The task's metrics for each prompt of a stack [K, L, D]."""
+        if eval_set.is_classification:
+            scores = self.candidate_log_likelihoods_stack(prompts, eval_set)
+            return [self.metrics_from_scores(s, eval_set) for s in scores]
+        return [self.evaluate(p, eval_set) for p in np.asarray(prompts)]
+
+    def _generation_metrics(self, ids: np.ndarray, eval_set: EvalSet) -> dict[str, float]:
+        from tasks import compute_metrics
+
+        vocab = self.backbone.vocab
+        predictions = [vocab.decode([int(t) for t in row if t > 0]).strip() for row in ids]
+        return {k: float(v) for k, v in
+                compute_metrics(eval_set.spec, list(eval_set.references), predictions).items()}

@@ -1,0 +1,128 @@
+"""Resumable training state with orbax, and the run-identity guard of a model dir.
+
+Model dir layout:
+  run_identity.json   what makes this run this run (backbone, task, prompt
+                      length, init, seed, batch, lengths, optimizer); a model
+                      dir holding a different run is refused, never mixed.
+  checkpoints/<step>/ orbax CheckpointManager steps, each with
+                      `state` (prompt [L, D], optimizer-state leaves, best
+                      prompt so far, RNG key) and `meta` (JSON: step, data
+                      position, best score and step). Kept: the last k and the
+                      best by the eval metric.
+Saves are synchronous and atomic (orbax writes to a temporary directory and
+renames it), so a kill at any instant leaves the previous checkpoints usable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from ptransfer.errors import CheckpointError
+
+IDENTITY_FILE = "run_identity.json"
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+def check_run_identity(model_dir: str, identity: dict[str, Any], *, write: bool = True) -> None:
+    """Refuses a model dir that holds another run; else (with `write`) records this one.
+
+    Call it with write=False before loading anything, and with write=True once
+    the run has been validated (so a run that fails on bad input leaves no
+    identity behind). Raises CheckpointError naming the settings that differ.
+    """
+    path = os.path.join(model_dir, IDENTITY_FILE)
+    identity = json.loads(json.dumps(identity, sort_keys=True))  # normalize tuples etc.
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path} is unreadable ({e}); this model dir is damaged. "
+                                  "Choose a new MODEL_DIR or delete this one.") from None
+        diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+        if diff:
+            details = "; ".join(f"{k}: {old.get(k)!r} there vs {identity.get(k)!r} now" for k in diff)
+            raise CheckpointError(
+                f"model dir {model_dir} holds a different run ({details}). Refusing to mix them: "
+                "choose a new MODEL_DIR, or delete that directory to start over.")
+        return
+    ckpt_dir = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+        raise CheckpointError(f"model dir {model_dir} has checkpoints but no {IDENTITY_FILE}, so "
+                              "it cannot be shown to hold this run; choose a new MODEL_DIR.")
+    if not write:
+        return
+    os.makedirs(model_dir, exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(identity, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+class Checkpointer:
+    """Saves and restores the trainer state of one model dir.
+
+    `state` is a dict of arrays: {'prompt': [L, D], 'best_prompt': [L, D],
+    'opt_state': [leaves...], 'rng': uint32 [2]}; `meta` is JSON-able.
+    """
+
+    def __init__(self, model_dir: str, *, keep: int = 3, keep_best: bool = True):
+        import orbax.checkpoint as ocp
+        from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+        self._ocp = ocp
+        policies = [pp.LatestN(n=max(1, keep))]
+        if keep_best:
+            policies.append(pp.BestN(get_metric_fn=lambda m: m["score"], reverse=False, n=1,
+                                     keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=pp.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=False,
+            create=True,
+            cleanup_tmp_directories=True,
+        )
+        self.directory = os.path.abspath(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+        self._mgr = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self._mgr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._mgr.all_steps())
+
+    def save(self, step: int, state: dict, meta: dict, score: float | None = None) -> None:
+        ocp = self._ocp
+        if step in self._mgr.all_steps():
+            return
+        metrics = None if score is None or not np.isfinite(score) else {"score": float(score)}
+        self._mgr.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), metrics=metrics)
+        self._mgr.wait_until_finished()
+
+    def restore(self, step: int, abstract_state: dict) -> tuple[dict, dict]:
+        """State restored onto the shardings of `abstract_state` (ShapeDtypeStructs)."""
+        ocp = self._ocp
+        try:
+            out = self._mgr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax raises many types for damaged or mismatched data
+            raise CheckpointError(
+                f"checkpoint {self.directory}/{step} could not be restored ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}). Delete that step directory to "
+                "resume from an earlier one, or choose a new MODEL_DIR.") from None
+        return out["state"], out["meta"]
+
+    def close(self) -> None:
+        self._mgr.close()
+
+
+def abstract_like(tree, sharding) -> Any:
+    """ShapeDtypeStructs of `tree`'s arrays, all placed with `sharding`."""
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding), tree)

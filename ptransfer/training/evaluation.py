@@ -1,0 +1,105 @@
+"""`ptransfer eval`: score one prompt (or none) on a task split with the task's metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import gin
+import numpy as np
+
+from ptransfer.errors import ConfigError
+
+
+@gin.configurable(module="ptransfer")
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation (gin: runs/prompt_eval.gin).
+
+    prompt: None (no prompt), a path (.npy, bank entry, PEFT adapter dir), or
+      any INIT_FROM spec ('random', 'vocab', 'file:...', 'projected:...'); a
+      generated baseline uses `prompt_length` and `seed`.
+    """
+
+    backbone: str
+    task: str
+    prompt: str | None
+    prompt_length: int = 100
+    split: str = "validation"
+    eval_examples: int | None = None
+    batch_size: int = 32
+    input_length: int = 128
+    target_length: int = 16
+    truncate_inputs: str | None = None
+    seed: int = 0
+    backbone_dtype: str | None = None
+    mesh_data: int = -1
+    mesh_model: int = 1
+    data_dir: str | None = None
+    output: str | None = None
+
+
+def build_eval_config() -> EvalConfig:
+    from ptransfer.training.gin_setup import build_configurable
+
+    return build_configurable(EvalConfig, "EvalConfig")
+
+
+def resolve_prompt(spec: str | None, backbone, prompt_length: int, seed: int = 0,
+                   label_words=()) -> np.ndarray | None:
+    """A prompt float32 [L, D] for `spec` (see EvalConfig.prompt), or None."""
+    from ptransfer import prompts
+
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
+        return None
+    scheme, arg = prompts.parse_init_from(spec)
+    if scheme in ("file", "projected") and arg:
+        length = np.shape(prompts.load_prompt_file(arg)[0])[0]
+    else:
+        length = prompt_length
+    return prompts.init_prompt(spec, backbone, length, seed=seed, label_words=label_words)
+
+
+def run_eval(cfg: EvalConfig, *, backbone=None) -> dict:
+    """Evaluates and returns {task, split, backbone, prompt, examples, metrics, seconds}."""
+    import jax.numpy as jnp
+
+    import tasks
+    from ptransfer import scoring
+    from ptransfer.backbones import load_backbone
+    from ptransfer.training import partitioning
+    from ptransfer.training.trainer import default_truncation, load_task, resolve_backbone_spec
+
+    if cfg.batch_size <= 0 or cfg.input_length <= 0 or cfg.target_length <= 0:
+        raise ConfigError("batch_size, input_length and target_length must be positive.")
+    t0 = time.perf_counter()
+    spec = tasks.get_spec(cfg.task)
+    mesh = partitioning.make_mesh(cfg.mesh_data, cfg.mesh_model)
+    if backbone is None:
+        dtype = jnp.dtype(cfg.backbone_dtype) if cfg.backbone_dtype else None
+        backbone = load_backbone(resolve_backbone_spec(cfg.backbone), dtype=dtype, mesh=mesh,
+                                 seed=cfg.seed)
+        params = backbone.params
+    else:
+        params = partitioning.shard_params(backbone.params, backbone.logical_axes(), mesh)
+    prompt = resolve_prompt(cfg.prompt, backbone, cfg.prompt_length, cfg.seed,
+                            label_words=spec.label_words)
+    task, mlm = load_task(cfg.task, backbone, cfg.data_dir)
+    lengths = {"inputs": cfg.input_length, "targets": cfg.target_length}
+    eval_set = scoring.build_eval_set(task, spec, backbone, cfg.split, cfg.eval_examples, lengths,
+                                      truncate_inputs=cfg.truncate_inputs or default_truncation(backbone),
+                                      mlm=mlm)
+    scorer = scoring.Scorer(backbone, params=params, batch_size=cfg.batch_size, mesh=mesh)
+    metrics = scorer.evaluate(prompt, eval_set)
+    result = {"task": cfg.task, "split": cfg.split, "backbone": backbone.name,
+              "prompt": cfg.prompt, "examples": eval_set.size, "metrics": metrics,
+              "seconds": round(time.perf_counter() - t0, 3)}
+    if cfg.output:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
+        tmp = cfg.output + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1, sort_keys=True)
+        os.replace(tmp, cfg.output)
+    return result

@@ -1,0 +1,237 @@
+"""Gin on the command line, T5X style: `--gin_file=…` (repeatable) and `--gin.NAME=VALUE`.
+
+`--gin_file` names are looked up in, in order: the current directory, each
+entry of `$PTRANSFER_GIN_PATH` (os.pathsep-separated), and the `gin_configs/`
+directory that ships with ptransfer (the repository's top-level
+`gin_configs/`, found next to the installed package; an installed copy under
+`<prefix>/share/ptransfer/gin_configs` is used when present). `include`
+statements inside gin files use the same search path.
+
+`--gin.NAME=VALUE` becomes the binding `NAME = VALUE`. VALUE is a gin literal
+(`--gin.TASK="'mr'"`, `--gin.BATCH_SIZE=8`, `--gin.INIT_FROM=None`); a bare
+word that is not a number, bool, None or a reference (`--gin.TASK=mr`) is
+taken as a string, so shell quoting is optional.
+
+All gin is parsed and checked before anything is loaded or compiled:
+an unknown configurable or parameter, a macro override nobody reads, a macro
+used but never set, and a missing required macro each stop with one message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ptransfer.errors import ConfigError, close_matches_hint
+
+_GIN_FLAG = re.compile(r"^--gin\.(?P<name>[^=]+)=(?P<value>.*)$", re.S)
+_MACRO_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+_LITERAL_START = tuple("'\"[({@%-.0123456789")
+
+# Modules holding the configurables that gin files may bind; imported before parsing.
+CONFIGURABLE_MODULES = (
+    "ptransfer.training.optimizer",
+    "ptransfer.training.trainer",
+    "ptransfer.training.evaluation",
+    "ptransfer.prompts",
+    "ptransfer.demo",
+)
+
+
+def gin_search_paths() -> list[str]:
+    """Directories searched for `--gin_file` and `include` names, in order."""
+    paths = [os.getcwd()]
+    paths += [p for p in os.environ.get("PTRANSFER_GIN_PATH", "").split(os.pathsep) if p]
+    repo = Path(__file__).resolve().parents[2] / "gin_configs"
+    shared = Path(sys.prefix) / "share" / "ptransfer" / "gin_configs"
+    paths += [str(p) for p in (repo, shared) if p.is_dir()]
+    return paths
+
+
+def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
+    """`--gin.NAME=VALUE` -> `--gin_binding`, `NAME=VALUE` (argparse cannot declare a flag family)."""
+    out = []
+    for arg in argv:
+        m = _GIN_FLAG.match(arg)
+        if m:
+            out += ["--gin_binding", f"{m['name']}={m['value']}"]
+        else:
+            out.append(arg)
+    return out
+
+
+class _GinArgumentParser(argparse.ArgumentParser):
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else args
+        return super().parse_known_args(rewrite_gin_args(args), namespace)
+
+
+def add_gin_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds `--gin_file`, `--gin_binding` and the `--gin.NAME=VALUE` family to a (sub)parser."""
+    parser.__class__ = type("GinArgumentParser", (_GinArgumentParser, type(parser)), {})
+    parser.add_argument("--gin_file", action="append", default=[], metavar="FILE",
+                        help="gin file (repeatable), looked up in the gin search path "
+                             "(cwd, $PTRANSFER_GIN_PATH, ptransfer's gin_configs/)")
+    parser.add_argument("--gin_binding", "--gin", action="append", default=[], metavar="BINDING",
+                        help="a gin binding, e.g. \"TASK = 'mr'\"; --gin.TASK=mr is the short form")
+    parser.add_argument("--gin_search_path", action="append", default=[], metavar="DIR",
+                        help="extra directory searched for gin files (before the defaults)")
+
+
+def _as_binding(raw: str) -> str:
+    """'TASK=mr' -> "TASK = 'mr'"; a binding already in gin syntax passes through."""
+    name, sep, value = raw.partition("=")
+    name, value = name.strip(), value.strip()
+    if not sep or not name:
+        raise ConfigError(f"gin binding {raw!r} has no value; write --gin.NAME=VALUE, "
+                          "e.g. --gin.TASK=mr or --gin.BATCH_SIZE=8.")
+    if value and not value.startswith(_LITERAL_START) and value not in ("True", "False", "None"):
+        value = repr(value)
+    return f"{name} = {value}"
+
+
+def _resolve_file(name: str, search: Sequence[str]) -> str:
+    if os.path.isabs(name):
+        if os.path.isfile(name):
+            return name
+    else:
+        for d in search:
+            cand = os.path.join(d, name)
+            if os.path.isfile(cand):
+                return cand
+    raise ConfigError(f"gin file {name!r} not found; searched: {', '.join(search)}. "
+                      "Use a path relative to one of these (e.g. models/t5_tiny.gin) or add "
+                      "--gin_search_path DIR.")
+
+
+def _macro_refs(value, out: set) -> None:
+    from gin import config as gc
+
+    if isinstance(value, gc.ConfigurableReference):
+        name, selector = value.config_key
+        if selector == "gin.macro":
+            out.add(name)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _macro_refs(v, out)
+    elif isinstance(value, (list, tuple, set)):
+        for v in value:
+            _macro_refs(v, out)
+
+
+def macro_table() -> tuple[dict, set]:
+    """({defined macro: value}, {macros referenced anywhere}) of the current gin config."""
+    from gin import config as gc
+
+    defined, referenced = {}, set()
+    for (scope, selector), params in gc._CONFIG.items():  # gin keeps no public view of this
+        if selector == "gin.macro":
+            defined[scope] = params.get("value")
+        for v in params.values():
+            _macro_refs(v, referenced)
+    return defined, referenced
+
+
+def _is_required_placeholder(value) -> bool:
+    from gin import config as gc
+
+    return isinstance(value, gc.ConfigurableReference) and value.config_key == ("gin.REQUIRED", "gin.constant")
+
+
+def _gin_error(e: Exception, where: str) -> ConfigError:
+    msg = str(e).strip().replace("\n", " ")
+    msg = re.sub(r"\s+", " ", msg)
+    hint = ""
+    m = re.search(r"No configurable matching '([^']+)'", msg)
+    if m:
+        from gin import config as gc
+
+        known = {sel.split(".")[-1] for sel, _ in gc._REGISTRY.items()}
+        hint = close_matches_hint(m.group(1).split(".")[-1], known)
+    return ConfigError(f"gin {where}: {msg}.{hint}")
+
+
+def parse_gin(gin_files: Iterable[str], bindings: Iterable[str], *,
+              required: Sequence[str] = (), search_paths: Sequence[str] = ()) -> None:
+    """Clears gin, then parses files and bindings and checks every macro.
+
+    Raises ConfigError (before anything heavy runs) for: a file not found, a
+    syntax error, an unknown configurable or parameter, a `--gin.NAME` macro
+    override that no file reads, a macro used but never set, and a macro in
+    `required` that is unset or still `%gin.REQUIRED`.
+    """
+    import gin
+
+    for mod in CONFIGURABLE_MODULES:
+        importlib.import_module(mod)
+    gin.clear_config(clear_constants=False)
+    search = list(search_paths) + gin_search_paths()
+    for d in reversed(search):
+        gin.add_config_file_search_path(d)
+    files = [_resolve_file(f, search) for f in gin_files]
+    for f in files:
+        try:
+            gin.parse_config_file(f)
+        except (ValueError, SyntaxError, IOError, KeyError, TypeError) as e:
+            raise _gin_error(e, f"file {f}") from None
+
+    defined, referenced = macro_table()
+    known_macros = set(defined) | referenced | set(required)
+    parsed = [_as_binding(b) for b in bindings]
+    for b in parsed:
+        name = b.split("=", 1)[0].strip()
+        if _MACRO_NAME.match(name) and name not in known_macros:
+            raise ConfigError(f"--gin.{name}: no gin file uses the macro {name!r}, so setting it "
+                              f"would do nothing." + close_matches_hint(name, known_macros))
+        try:
+            gin.parse_config(b)
+        except (ValueError, SyntaxError, KeyError, TypeError) as e:
+            raise _gin_error(e, f"binding {b!r}") from None
+
+    defined, referenced = macro_table()
+    missing = [m for m in required if m not in defined or _is_required_placeholder(defined[m])]
+    if missing:
+        raise ConfigError(
+            "required gin macro(s) not set: " + ", ".join(missing) + ". Set them in a gin file or "
+            "on the command line, e.g. " + " ".join(f"--gin.{m}=..." for m in missing) +
+            " (BACKBONE comes from a models/*.gin file, INIT_FROM from a prompts/*.gin file).")
+    unset = sorted(m for m in referenced if m not in defined)
+    if unset:
+        raise ConfigError(f"gin macro(s) used but never set: {', '.join(unset)}; set them with "
+                          + " ".join(f"--gin.{m}=..." for m in unset) + ".")
+
+
+def macro_value(name: str):
+    """The evaluated value of a gin macro (after `parse_gin`)."""
+    import gin
+
+    value = gin.query_parameter(f"%{name}")
+    from gin import config as gc
+
+    while isinstance(value, gc.ConfigurableReference):
+        value = gin.query_parameter(f"%{value.config_key[0]}")
+    return value
+
+
+def config_text() -> str:
+    """The parsed gin config (all bindings, macros resolved as written)."""
+    import gin
+
+    return gin.config_str()
+
+
+def build_configurable(cls, what: str):
+    """`cls()` filled in by gin, with gin's errors turned into one ConfigError."""
+    try:
+        return cls()
+    except TypeError as e:
+        msg = re.sub(r"\s+", " ", str(e)).strip()
+        m = re.search(r"missing \d+ required (?:positional|keyword-only) arguments?: (.*?)(?: No values| In call|$)", msg)
+        missing = m.group(1) if m else msg
+        raise ConfigError(f"{what}: not configured: {missing}. Bind them in a gin file or with "
+                          "--gin.<Configurable>.<param>=... (see gin_configs/runs/).") from None

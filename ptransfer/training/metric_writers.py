@@ -1,0 +1,117 @@
+"""Where a run's numbers go: metrics.jsonl (the eval curve), TensorBoard, a progress bar.
+
+`metrics.jsonl` in the model dir holds one JSON object per evaluation
+(`{"step": 10, "accuracy": 0.8, ...}`); on resume the lines after the
+restored step are dropped, so the file always matches the checkpoint and the
+bank entry gets the whole, unduplicated curve. TensorBoard events go to
+`<model_dir>/tb/{train,eval}` (tensorboardX), purged past the restored step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+from ptransfer.errors import CheckpointError
+
+
+class JsonlCurve:
+    """The eval curve of one run, mirrored in `<model_dir>/metrics.jsonl`."""
+
+    def __init__(self, path: str, *, resume_step: int):
+        self.path = path
+        self.records: list[dict] = []
+        if os.path.exists(path):
+            with open(path) as f:
+                lines = [ln for ln in f.read().splitlines() if ln.strip()]
+            for n, line in enumerate(lines, 1):
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    if n == len(lines):  # a kill can cut the last line short
+                        break
+                    raise CheckpointError(f"{path}: line {n} is not JSON; the file is corrupt. "
+                                          "Delete the model dir to start the run again.")
+                if rec.get("step", math.inf) <= resume_step:
+                    self.records.append(rec)
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            for rec in self.records:
+                f.write(json.dumps(rec, sort_keys=True) + "\n")
+        os.replace(tmp, self.path)
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+
+
+class TensorBoard:
+    """Scalars into TensorBoard event files (no-op when tensorboardX is missing)."""
+
+    def __init__(self, logdir: str, *, resume_step: int):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:  # optional at run time
+            self._writers = {}
+            return
+        purge = resume_step + 1 if resume_step > 0 else None
+        self._writers = {k: SummaryWriter(os.path.join(logdir, k), purge_step=purge, flush_secs=30)
+                         for k in ("train", "eval")}
+
+    def scalars(self, kind: str, step: int, values: dict) -> None:
+        w = self._writers.get(kind)
+        if w is None:
+            return
+        for name, value in values.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                w.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        for w in self._writers.values():
+            w.close()
+
+
+class Progress:
+    """tqdm bar: step/total, loss, examples/s and ETA (plain log lines when not a TTY)."""
+
+    def __init__(self, total: int, initial: int, batch_size: int, desc: str, enabled: bool = True):
+        self.batch_size = batch_size
+        self._last_t = time.perf_counter()
+        self._last_step = initial
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step",
+                             dynamic_ncols=True, file=sys.stderr,
+                             mininterval=0.5 if sys.stderr.isatty() else 10.0)
+
+    def update(self, step: int, loss: float | None = None, **extra) -> None:
+        if self._bar is None:
+            return
+        now = time.perf_counter()
+        post = {}
+        if loss is not None:
+            post["loss"] = f"{loss:.4f}"
+        if now > self._last_t and step > self._last_step:
+            post["ex/s"] = f"{(step - self._last_step) * self.batch_size / (now - self._last_t):.1f}"
+        post.update({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in extra.items()})
+        self._bar.set_postfix(post, refresh=False)
+        self._bar.update(step - self._bar.n)
+        self._last_t, self._last_step = now, step
+
+    def write(self, msg: str) -> None:
+        if self._bar is not None:
+            self._bar.write(msg, file=sys.stderr)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

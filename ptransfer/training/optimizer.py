@@ -1,0 +1,119 @@
+"""Optimizers for the prompt (optax), as plain configs so a run can be compared and resumed.
+
+Presets:
+  adafactor      Lester et al. (2021) / T5X prompt tuning: Adafactor with a
+                 constant learning rate 0.3, beta2 decay 0.8, weight decay 1e-5,
+                 update clipping 1.0 and parameter scaling off.
+  adamw_t5       AdamW lr 5e-3, the official Prompt-Transferability setting for T5.
+  adamw_roberta  AdamW lr 1e-4, its setting for RoBERTa-style encoders.
+
+Options shared by all: `warmup_steps` (linear ramp from 0 to the learning
+rate, then constant) and `clip_norm` (global-norm gradient clipping before
+the optimizer; None = off).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gin
+import optax
+
+from ptransfer.errors import ConfigError, close_matches_hint
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Everything that defines the prompt optimizer (part of a run's identity)."""
+
+    name: str = "adafactor"            # adafactor | adamw
+    learning_rate: float = 0.3
+    warmup_steps: int = 0
+    clip_norm: float | None = None
+    weight_decay: float = 1e-5
+    # Adafactor
+    decay_rate: float = 0.8
+    clipping_threshold: float | None = 1.0
+    multiply_by_parameter_scale: bool = False
+    # AdamW
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, OptimizerConfig] = {
+    "adafactor": OptimizerConfig(),
+    "adamw_t5": OptimizerConfig(name="adamw", learning_rate=5e-3, weight_decay=1e-5),
+    "adamw_roberta": OptimizerConfig(name="adamw", learning_rate=1e-4, weight_decay=1e-5),
+}
+
+
+@gin.configurable(module="ptransfer")
+def optimizer_config(preset: str = "adafactor", learning_rate: float | None = None,
+                     warmup_steps: int = 0, clip_norm: float | None = None,
+                     weight_decay: float | None = None) -> OptimizerConfig:
+    """A preset with optional overrides (None keeps the preset's value)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown optimizer preset {preset!r}." + close_matches_hint(preset, PRESETS))
+    cfg = PRESETS[preset]
+    changes = {"warmup_steps": int(warmup_steps), "clip_norm": clip_norm}
+    if learning_rate is not None:
+        changes["learning_rate"] = float(learning_rate)
+    if weight_decay is not None:
+        changes["weight_decay"] = float(weight_decay)
+    cfg = dataclasses.replace(cfg, **changes)
+    if cfg.learning_rate <= 0 or cfg.warmup_steps < 0 or (cfg.clip_norm is not None and cfg.clip_norm <= 0):
+        raise ConfigError(f"optimizer settings out of range: {cfg}; learning rate and clip_norm "
+                          "must be > 0, warmup_steps >= 0.")
+    return cfg
+
+
+def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
+    """Constant learning rate after an optional linear warmup."""
+    if cfg.warmup_steps <= 0:
+        return optax.constant_schedule(cfg.learning_rate)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps),
+         optax.constant_schedule(cfg.learning_rate)],
+        boundaries=[cfg.warmup_steps])
+
+
+def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+    """The optax transformation for `cfg` (clipping first, then the optimizer).
+
+    Without warmup the learning rate lives in the optimizer state
+    (`optax.inject_hyperparams`), so one compiled step serves every rate.
+    """
+    if cfg.name == "adafactor":
+        def factory(learning_rate):
+            return optax.adafactor(
+                learning_rate=learning_rate, decay_rate=cfg.decay_rate,
+                multiply_by_parameter_scale=cfg.multiply_by_parameter_scale,
+                clipping_threshold=cfg.clipping_threshold,
+                weight_decay_rate=cfg.weight_decay or None)
+    elif cfg.name == "adamw":
+        def factory(learning_rate):
+            return optax.adamw(learning_rate=learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                               weight_decay=cfg.weight_decay)
+    else:
+        raise ConfigError(f"unknown optimizer {cfg.name!r}; use 'adafactor' or 'adamw'.")
+    if cfg.warmup_steps > 0:
+        opt = factory(learning_rate_schedule(cfg))
+    else:
+        opt = optax.inject_hyperparams(factory)(learning_rate=cfg.learning_rate)
+    if cfg.clip_norm is not None:
+        opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
+    return opt
+
+
+def compile_key(cfg: OptimizerConfig) -> str:
+    """What the compiled update depends on (the learning rate is state when injected)."""
+    import json
+
+    d = cfg.to_dict()
+    if cfg.warmup_steps <= 0:
+        d.pop("learning_rate")
+    return json.dumps(d, sort_keys=True)

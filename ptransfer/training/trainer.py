@@ -1,0 +1,516 @@
+"""The prompt-tuning trainer: one jitted step, exact resumption, evaluation, bank output.
+
+The step (`make_train_step`) is one jitted function of
+`(prompt [L, D], opt_state, rng, params, batch)`. The gradient is taken with
+respect to the prompt only; the frozen `params` are an ordinary argument,
+never differentiated, never donated and never copied (they stay where
+`shard_params` put them), while the prompt and optimizer state buffers are
+donated and updated in place.
+
+Loss (`loss_normalization`):
+  'token' (default)  -sum of target-token log-likelihoods / number of target
+                     tokens in the batch (the mean per target token; T5X style)
+  'sequence'         -mean over examples of each example's summed target
+                     log-likelihood (the mean per sequence)
+Only target tokens contribute; the backbone projects onto the vocabulary only
+at the positions that predict a target.
+
+Partitioning: a `(data, model)` mesh (`training/partitioning.py`); frozen
+params sharded over 'model' by the logical rules, batches over 'data', the
+prompt, optimizer state and RNG replicated. Multi-process runs read each
+host's shard of the data and assemble the global batch
+(`training/distributed.py`); only the primary host writes files.
+
+Resumption: a checkpoint (`training/checkpointing.py`) holds the prompt, the
+optimizer state, the RNG key, the best prompt so far, the step and the data
+position; the batch iterator restarts at that position. A run killed at any
+moment and started again with the same command ends with a prompt bitwise
+equal to an uninterrupted run's (on a fixed machine and device count).
+
+A non-finite loss stops the run at once: nothing after the last good
+checkpoint is saved, and the error names the step and that checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+
+import gin
+import numpy as np
+
+from ptransfer.errors import CheckpointError, ConfigError, PtransferError
+from ptransfer.training.optimizer import OptimizerConfig, make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(PtransferError):
+    """The training loss became NaN or inf."""
+
+
+@gin.configurable(module="ptransfer")
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One prompt-tuning run (gin: `TrainConfig.<field>`, mostly via UPPER_CASE macros).
+
+    backbone:          spec for `load_backbone` (`preset:t5_tiny`, `gguf:{cache}/...`,
+                       `hf:<dir>`, `t5x:<preset>:<dir>`); `{cache}` is the asset cache
+    task:              registered task name (`ptransfer tasks`)
+    model_dir:         checkpoints, metrics.jsonl, TensorBoard events, final prompt
+    prompt_length:     L
+    init_from:         prompt initializer spec (see `ptransfer.prompts`)
+    batch_size:        global batch (split over the mesh's 'data' axis and hosts)
+    train_steps:       total optimizer steps (a resumed run continues up to it)
+    eval_every:        evaluate every N steps (0: only at the end); also at step 0
+                       when `eval_at_start`
+    eval_examples:     size of the fixed validation subset (None: the whole split)
+    checkpoint_every:  save every N steps (and at the end and at each new best)
+    keep_checkpoints:  how many of the latest checkpoints to keep (plus the best)
+    bank_dir / run_name: where the bank entry goes (None: <model_dir>/bank; run
+                       name None: the model dir's base name)
+    export:            'best' (by `best_metric`, the task's first metric by default)
+                       or 'final' prompt into the bank entry
+    """
+
+    backbone: str
+    task: str
+    model_dir: str
+    prompt_length: int
+    init_from: str
+    batch_size: int
+    train_steps: int
+    optimizer: OptimizerConfig = OptimizerConfig()
+    seed: int = 0
+    backbone_dtype: str | None = None
+    input_length: int = 128
+    target_length: int = 16
+    train_split: str = "train"
+    truncate_inputs: str | None = None   # None: 'left' for decoder-only, else 'right'
+    data_dir: str | None = None
+    eval_split: str = "validation"
+    eval_every: int = 100
+    eval_at_start: bool = True
+    eval_examples: int | None = 256
+    eval_batch_size: int | None = None
+    best_metric: str | None = None
+    loss_normalization: str = "token"
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    mesh_data: int = -1
+    mesh_model: int = 1
+    bank_dir: str | None = None
+    run_name: str | None = None
+    export: str = "best"
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        positive = {"PROMPT_LENGTH": self.prompt_length, "BATCH_SIZE": self.batch_size,
+                    "TRAIN_STEPS": self.train_steps, "input_length": self.input_length,
+                    "target_length": self.target_length}
+        for name, value in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+        for name in ("eval_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.loss_normalization not in ("token", "sequence"):
+            raise ConfigError(f"loss_normalization {self.loss_normalization!r}: use 'token' or "
+                              "'sequence'.")
+        if self.export not in ("best", "final"):
+            raise ConfigError(f"export {self.export!r}: use 'best' or 'final'.")
+        if not self.model_dir:
+            raise ConfigError("MODEL_DIR is empty; give a directory for checkpoints.")
+        if self.eval_examples is not None and self.eval_examples <= 0:
+            raise ConfigError(f"eval_examples must be positive or None, got {self.eval_examples}.")
+        return self
+
+    def identity(self, init: str | None = None) -> dict:
+        """What must match for a model dir to hold this run (not steps / eval / mesh).
+
+        `init`: the initializer with its settings (`prompts.describe_init`)."""
+        return {
+            "backbone": self.backbone, "backbone_dtype": self.backbone_dtype, "task": self.task,
+            "prompt_length": self.prompt_length, "init_from": init or self.init_from,
+            "seed": self.seed, "truncate_inputs": self.truncate_inputs,
+            "batch_size": self.batch_size, "input_length": self.input_length,
+            "target_length": self.target_length, "train_split": self.train_split,
+            "loss_normalization": self.loss_normalization,
+            "optimizer": self.optimizer.to_dict(),
+        }
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["optimizer"] = self.optimizer.to_dict()
+        return d
+
+
+@dataclasses.dataclass
+class TrainResult:
+    final_prompt: np.ndarray             # [L, D]
+    best_prompt: np.ndarray              # [L, D]
+    best_score: float | None
+    best_step: int | None
+    metric: str | None
+    curve: list[dict]
+    steps: int
+    bank_entry: str | None
+    wall_time_s: float
+    train_examples_per_s: float | None
+
+
+# ---- pieces ------------------------------------------------------------------
+
+def resolve_backbone_spec(spec: str) -> str:
+    """Expands `{cache}` (the offline asset cache) in a backbone spec."""
+    if "{cache}" not in spec:
+        return spec
+    from ptransfer import assets
+
+    out = spec.replace("{cache}", assets.cache_dir())
+    path = out.partition(":")[2]
+    if path and not os.path.exists(path):
+        raise CheckpointError(f"{path} is not in the asset cache; run `ptransfer assets fetch` "
+                              "(or set PTRANSFER_CACHE to where the assets are).")
+    return out
+
+
+def make_loss_fn(backbone, normalization: str = "token"):
+    """loss(prompt [L, D], params, batch) -> scalar float32 (see module docstring)."""
+    import jax.numpy as jnp
+
+    def loss_fn(prompt, params, batch):
+        ll = backbone.target_log_likelihood(params, prompt, batch)          # [B]
+        if normalization == "sequence":
+            return -jnp.mean(ll)
+        ntok = jnp.sum(jnp.asarray(batch["targets_mask"], jnp.float32))
+        return -jnp.sum(ll) / jnp.maximum(ntok, 1.0)
+
+    return loss_fn
+
+
+def make_train_step(backbone, optimizer, normalization: str = "token", mesh=None):
+    """The jitted step `(prompt, opt_state, rng, params, batch) -> (prompt, opt_state, rng, loss)`.
+
+    Donates prompt / opt_state / rng; params and batch are read only.
+    """
+    import jax
+    import optax
+
+    loss_fn = make_loss_fn(backbone, normalization)
+
+    def step(prompt, opt_state, rng, params, batch):
+        # The key advances every step (reserved for stochastic steps, e.g. dropout on
+        # the prompt), so checkpoints carry it and resumption stays exact.
+        rng, _ = jax.random.split(rng)
+        loss, grad = jax.value_and_grad(loss_fn)(prompt, params, batch)
+        updates, opt_state = optimizer.update(grad, opt_state, prompt)
+        prompt = optax.apply_updates(prompt, updates)
+        return prompt, opt_state, rng, loss
+
+    kwargs = {}
+    if mesh is not None:
+        from ptransfer.training.partitioning import replicated
+
+        kwargs["out_shardings"] = replicated(mesh)
+    return jax.jit(step, donate_argnums=(0, 1, 2), **kwargs)
+
+
+def _cached_step(backbone, optimizer_cfg: OptimizerConfig, normalization: str, mesh):
+    """One jitted step per (backbone object, optimizer settings, loss, mesh) in this
+    process; the learning rate is optimizer state, so it is not part of the key."""
+    from ptransfer.training.optimizer import compile_key, make_optimizer
+
+    cache = backbone.__dict__.setdefault("_ptransfer_jit_cache", {})
+    key = ("train_step", compile_key(optimizer_cfg), normalization,
+           None if mesh is None else (tuple(mesh.shape.items()), tuple(d.id for d in mesh.devices.flat)))
+    if key not in cache:
+        cache[key] = make_train_step(backbone, make_optimizer(optimizer_cfg), normalization, mesh)
+    return cache[key]
+
+
+def load_task(name: str, backbone, data_dir: str | None = None):
+    """(seqio Task of `name` for the backbone's vocabulary, whether it is the masked-LM form)."""
+    import tasks
+
+    mlm = getattr(backbone, "family", "") == "mlm"
+    task = tasks.get_task(name, backbone.vocab, add_eos=backbone.add_eos_to_targets,
+                          data_dir=data_dir, mlm=backbone.config if mlm else None)
+    return task, mlm
+
+
+def default_truncation(backbone) -> str:
+    """Decoder-only models keep the END of a long input (the template's cue sits
+    right before the target); encoders keep the start, as seqio does."""
+    return "left" if getattr(backbone, "family", "") == "llama" else "right"
+
+
+def _primary() -> bool:
+    import jax
+
+    return jax.process_index() == 0
+
+
+# ---- the trainer -------------------------------------------------------------
+
+class Trainer:
+    """Runs one `TrainConfig`. `backbone` may be given (already loaded) to share it
+    between runs in one process; otherwise it is loaded from `config.backbone`."""
+
+    def __init__(self, config: TrainConfig, *, backbone=None):
+        self.cfg = config.validate()
+        self._backbone = backbone
+
+    # -- setup ----------------------------------------------------------------
+
+    def _task_spec(self):
+        import tasks
+
+        return tasks.get_spec(self.cfg.task)  # unknown task -> ConfigError with close matches
+
+    def _mesh(self):
+        from ptransfer.training import partitioning
+
+        mesh = partitioning.make_mesh(self.cfg.mesh_data, self.cfg.mesh_model)
+        partitioning.check_batch_divisible(self.cfg.batch_size, mesh)
+        return mesh
+
+    def _load_backbone(self, mesh):
+        import jax.numpy as jnp
+
+        from ptransfer.backbones import load_backbone
+        from ptransfer.training.partitioning import shard_params
+
+        if self._backbone is not None:
+            bb = self._backbone
+            return bb, shard_params(bb.params, bb.logical_axes(), mesh)
+        dtype = jnp.dtype(self.cfg.backbone_dtype) if self.cfg.backbone_dtype else None
+        bb = load_backbone(resolve_backbone_spec(self.cfg.backbone), dtype=dtype, mesh=mesh,
+                           seed=self.cfg.seed)
+        return bb, bb.params
+
+    def bank_run_name(self) -> str:
+        import re
+
+        name = self.cfg.run_name or os.path.basename(os.path.normpath(self.cfg.model_dir))
+        return re.sub(r"[^A-Za-z0-9._+=@-]", "_", name).lstrip(".") or "run"
+
+    # -- run ------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        import jax
+        import jax.numpy as jnp
+
+        from ptransfer import features, prompts, scoring
+        from ptransfer.training import checkpointing, distributed, metric_writers, partitioning
+
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        spec = self._task_spec()
+        init_desc = prompts.describe_init(cfg.init_from)
+        model_dir = os.path.abspath(os.path.expanduser(cfg.model_dir))
+        identity = cfg.identity(init_desc)
+        checkpointing.check_run_identity(model_dir, identity, write=False)
+
+        mesh = self._mesh()
+        backbone, params = self._load_backbone(mesh)
+        task, mlm = load_task(cfg.task, backbone, cfg.data_dir)
+        truncate = cfg.truncate_inputs or default_truncation(backbone)
+        lengths = {"inputs": cfg.input_length, "targets": cfg.target_length}
+        # The training stream first: an empty or missing split stops here, before any
+        # evaluation set is built or anything is compiled.
+        ckpt = checkpointing.Checkpointer(model_dir, keep=cfg.keep_checkpoints)
+        latest = ckpt.latest_step()
+        start = min(latest or 0, cfg.train_steps)
+        shard_index, num_shards = distributed.host_shard_info(mesh)
+        local_bs = distributed.per_host_batch_size(cfg.batch_size, mesh)
+        batches = features.iterate_batches(task, cfg.train_split, local_bs, lengths, seed=cfg.seed,
+                                           start_step=start, shard_index=shard_index,
+                                           num_shards=num_shards, truncate_inputs=truncate)
+        pending = [next(batches)] if start < cfg.train_steps else []
+
+        def next_batch():
+            return pending.pop() if pending else next(batches)
+
+        eval_set = scoring.build_eval_set(task, spec, backbone, cfg.eval_split, cfg.eval_examples,
+                                          lengths, truncate_inputs=truncate, mlm=mlm)
+        metric = cfg.best_metric or eval_set.primary_metric
+        scorer = scoring.Scorer(backbone, params=params, mesh=mesh,
+                                batch_size=cfg.eval_batch_size or cfg.batch_size)
+
+        optimizer = make_optimizer(cfg.optimizer)  # init with this run's rate; the step reads it
+        train_step = _cached_step(backbone, cfg.optimizer, cfg.loss_normalization, mesh)
+        rep = partitioning.replicated(mesh)
+
+        # State: fresh, or restored exactly from the latest checkpoint.
+        label_words = list((spec.mlm_label_words if mlm else spec.label_words) or ())
+        if latest is None:
+            prompt0 = prompts.init_prompt(cfg.init_from, backbone, cfg.prompt_length,
+                                          seed=cfg.seed, label_words=label_words)
+            prompt = jax.device_put(jnp.asarray(prompt0), rep)
+            opt_state = jax.device_put(optimizer.init(prompt), rep)
+            rng = jax.device_put(jax.random.key_data(jax.random.PRNGKey(cfg.seed)), rep)
+            best_prompt = jnp.copy(prompt)
+            step, best_score, best_step = 0, None, None
+        else:
+            if latest > cfg.train_steps:
+                raise CheckpointError(
+                    f"model dir {model_dir} holds a run already at step {latest}, beyond "
+                    f"TRAIN_STEPS={cfg.train_steps}; raise TRAIN_STEPS or use a new MODEL_DIR.")
+            zeros = jnp.zeros((cfg.prompt_length, backbone.d_model), jnp.float32)
+            opt_leaves, opt_def = jax.tree_util.tree_flatten(jax.eval_shape(optimizer.init, zeros))
+            abstract = {"prompt": zeros, "best_prompt": zeros, "opt_state": opt_leaves,
+                        "rng": jax.random.key_data(jax.random.PRNGKey(0))}
+            state, meta = ckpt.restore(latest, checkpointing.abstract_like(abstract, rep))
+            prompt, best_prompt, rng = state["prompt"], state["best_prompt"], state["rng"]
+            opt_state = jax.tree_util.tree_unflatten(opt_def, state["opt_state"])
+            step, best_score, best_step = int(meta["step"]), meta.get("best_score"), meta.get("best_step")
+            log.info("resumed %s from step %d (best %s=%s at step %s)", model_dir, step, metric,
+                     best_score, best_step)
+
+        writer_on = _primary()
+        if writer_on:  # everything checked: this model dir now holds this run
+            checkpointing.check_run_identity(model_dir, identity, write=True)
+        curve = metric_writers.JsonlCurve(os.path.join(model_dir, "metrics.jsonl"),
+                                          resume_step=step) if writer_on else None
+        tb = metric_writers.TensorBoard(os.path.join(model_dir, "tb"), resume_step=step) \
+            if writer_on else None
+        progress = metric_writers.Progress(cfg.train_steps, step, cfg.batch_size,
+                                           desc=f"train {cfg.task}",
+                                           enabled=cfg.progress and writer_on)
+
+        def save(at_step, score=None):
+            meta = {"step": at_step, "data_position": at_step, "best_score": best_score,
+                    "best_step": best_step, "metric": metric, "seed": cfg.seed}
+            ckpt.save(at_step, {"prompt": prompt, "best_prompt": best_prompt,
+                                "opt_state": jax.tree_util.tree_leaves(opt_state), "rng": rng},
+                      meta, score=score)
+
+        def evaluate(at_step, loss=None):
+            nonlocal best_score, best_step, best_prompt
+            metrics = scorer.evaluate(prompt, eval_set)
+            if metric not in metrics:
+                raise ConfigError(f"best_metric {metric!r} is not among the task's metrics "
+                                  f"({', '.join(metrics)}).")
+            score = float(metrics[metric])
+            improved = best_score is None or score > best_score
+            if improved:
+                best_score, best_step, best_prompt = score, at_step, jnp.copy(prompt)
+            if writer_on:
+                rec = {"step": at_step, **{k: float(v) for k, v in metrics.items()}}
+                if loss is not None:
+                    rec["loss"] = float(loss)
+                curve.append(rec)
+                tb.scalars("eval", at_step, metrics)
+                progress.write(f"step {at_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            return score, improved
+
+        if step == 0 and cfg.eval_at_start and cfg.eval_every > 0 and latest is None:
+            score, _ = evaluate(0)
+            save(0, score)
+
+        t_loop, step_loop = time.perf_counter(), step
+        loss_value = None
+        try:
+            while step < cfg.train_steps:
+                local = next_batch()
+                batch = distributed.global_batch(
+                    {k: local[k] for k in ("inputs", "inputs_mask", "targets", "targets_mask")}, mesh)
+                prompt, opt_state, rng, loss = train_step(prompt, opt_state, rng, params, batch)
+                step += 1
+                loss_value = float(loss)
+                if not math.isfinite(loss_value):
+                    raise NonFiniteLossError(_nonfinite_message(loss_value, step, ckpt))
+                progress.update(step, loss_value)
+                if writer_on and cfg.log_every and step % cfg.log_every == 0:
+                    tb.scalars("train", step, {"loss": loss_value})
+                score, improved = None, False
+                if (cfg.eval_every and step % cfg.eval_every == 0) or \
+                        (step == cfg.train_steps and cfg.eval_every):
+                    score, improved = evaluate(step, loss_value)
+                if improved or step == cfg.train_steps or \
+                        (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                    save(step, score)
+        finally:
+            progress.close()
+            if tb is not None:
+                tb.close()
+        trained_steps = step - step_loop
+        loop_time = time.perf_counter() - t_loop
+
+        final_np = scoring.to_host(prompt).astype(np.float32)
+        best_np = scoring.to_host(best_prompt).astype(np.float32) if best_score is not None else final_np
+        exported = best_np if cfg.export == "best" else final_np
+        entry = None
+        if writer_on:
+            _atomic_npy(os.path.join(model_dir, "prompt.npy"), final_np)
+            _atomic_npy(os.path.join(model_dir, "best_prompt.npy"), best_np)
+            entry = self._write_bank(backbone, exported, init_desc, best_score, best_step, metric,
+                                     curve.records)
+        ckpt.close()
+        return TrainResult(final_prompt=final_np, best_prompt=best_np, best_score=best_score,
+                           best_step=best_step, metric=metric,
+                           curve=list(curve.records) if curve else [], steps=step,
+                           bank_entry=entry, wall_time_s=time.perf_counter() - t_start,
+                           train_examples_per_s=(trained_steps * cfg.batch_size / loop_time)
+                           if trained_steps and loop_time > 0 else None)
+
+    def _write_bank(self, backbone, prompt, init_desc, best_score, best_step, metric,
+                    records) -> str:
+        from ptransfer.transfer import bank
+
+        cfg = self.cfg
+        bank_dir = cfg.bank_dir or os.path.join(cfg.model_dir, "bank")
+        run = self.bank_run_name()
+        model_dir = os.path.abspath(cfg.model_dir)
+        path = bank.entry_dir(bank_dir, backbone.name, cfg.task, run)
+        overwrite = False
+        if os.path.exists(path) and bank.is_complete(path):
+            other = bank.read_entry(path)[1].get("provenance", {}).get("model_dir")
+            if other != model_dir:
+                raise CheckpointError(
+                    f"bank entry {path} already holds run {run!r} from {other}; set "
+                    "--gin.RUN_NAME to another name or remove that entry.")
+            overwrite = True
+        meta = {
+            "init": init_desc, "steps": cfg.train_steps, "best_score": best_score,
+            "best_step": best_step, "metric": metric, "seed": cfg.seed,
+            "exported": cfg.export, "backbone_spec": cfg.backbone, "family": backbone.family,
+            "optimizer": cfg.optimizer.to_dict(), "batch_size": cfg.batch_size,
+            "eval_examples": cfg.eval_examples, "eval_split": cfg.eval_split,
+            "provenance": {"kind": "prompt_tuning", "model_dir": model_dir},
+        }
+        return bank.write_entry(bank_dir, backbone.name, cfg.task, run, prompt, meta,
+                                records, overwrite=overwrite)
+
+
+def _nonfinite_message(loss: float, step: int, ckpt) -> str:
+    good = ckpt.latest_step()
+    where = (f"The last good checkpoint is step {good} in {ckpt.directory}; rerunning the same "
+             "command resumes from it." if good is not None else "No checkpoint was saved before it.")
+    return (f"training loss became {loss} at step {step}; stopped without saving that state. "
+            f"{where} Lower the learning rate (--gin.LEARNING_RATE=...), clip gradients "
+            "(--gin.CLIP_NORM=1.0) or check the prompt initialization.")
+
+
+def _atomic_npy(path: str, arr: np.ndarray) -> None:
+    tmp = f"{path}.tmp{os.getpid()}.npy"
+    np.save(tmp, arr, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def build_train_config() -> TrainConfig:
+    """The gin-configured TrainConfig (gin must be parsed), or one ConfigError."""
+    from ptransfer.training.gin_setup import build_configurable
+
+    return build_configurable(TrainConfig, "TrainConfig")
+
+
+@gin.configurable(module="ptransfer")
+def train(config: TrainConfig | None = None, backbone=None) -> TrainResult:
+    """Runs the gin-configured `TrainConfig` (or the one given)."""
+    return Trainer(config or TrainConfig(), backbone=backbone).run()

@@ -1,0 +1,100 @@
+"""Rank classification and greedy-decoding evaluation against direct computations."""
+
+import jax
+import numpy as np
+import pytest
+
+from _trainer_common import backbone, register_tiny_yesno, write_justice
+from ptransfer import features, scoring
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_justice(str(tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture(params=["t5_tiny", "llama_tiny"])
+def setup(request, data_dir, monkeypatch):
+    import tasks
+    from ptransfer.training.trainer import default_truncation, load_task
+
+    name = register_tiny_yesno(monkeypatch)
+    bb = backbone(request.param)
+    task, mlm = load_task(name, bb, data_dir)
+    eval_set = scoring.build_eval_set(task, tasks.get_spec(name), bb, "train", 7,
+                                      {"inputs": 12, "targets": 6},
+                                      truncate_inputs=default_truncation(bb), mlm=mlm)
+    return bb, eval_set
+
+
+def _naive_scores(bb, prompt, es):
+    """Each (example, label) pair scored alone through target_log_likelihood."""
+    out = np.zeros((es.size, len(es.candidates)), np.float32)
+    for c in range(len(es.candidates)):
+        batch = {"inputs": es.inputs, "inputs_mask": es.inputs_mask,
+                 "targets": np.repeat(es.candidates[c:c + 1], es.size, 0),
+                 "targets_mask": np.repeat(es.candidates_mask[c:c + 1], es.size, 0)}
+        out[:, c] = np.asarray(jax.jit(bb.target_log_likelihood)(bb.params, prompt, batch))
+    return out
+
+
+def test_eval_set_is_the_first_examples_in_order(setup):
+    bb, es = setup
+    assert es.size == 7 and es.labels.tolist() == [1, 0, 1, 0, 1, 0, 1]
+    cands, mask = features.label_candidates(es.spec, bb.vocab, bb.add_eos_to_targets, 6)
+    np.testing.assert_array_equal(es.candidates, cands)
+    np.testing.assert_array_equal(es.candidates_mask, mask)
+
+
+def test_batched_rank_classification_equals_naive_scoring(setup):
+    bb, es = setup
+    prompt = np.random.default_rng(0).normal(size=(3, bb.d_model)).astype(np.float32)
+    scorer = scoring.Scorer(bb, batch_size=4)  # 7 examples: the last batch is padded
+    got = scorer.candidate_log_likelihoods(prompt, es)
+    np.testing.assert_allclose(got, _naive_scores(bb, prompt, es), rtol=1e-5, atol=1e-4)
+    pred = got.argmax(-1)
+    acc = 100.0 * np.mean(pred == es.labels)
+    recalls = [np.mean(pred[es.labels == c] == c) for c in (0, 1)]
+    metrics = scorer.evaluate(prompt, es)
+    assert metrics["accuracy"] == pytest.approx(acc)
+    assert metrics["balanced_accuracy"] == pytest.approx(100.0 * np.mean(recalls))
+    if bb.family == "t5":  # no prompt (the baseline of every comparison) scores too
+        no_prompt = scorer.candidate_log_likelihoods(None, es)
+        assert no_prompt.shape == got.shape and np.isfinite(no_prompt).all()
+        assert not np.allclose(no_prompt, got)
+
+
+def test_prompt_stack_equals_single_prompts_and_swaps_without_recompiling(setup):
+    bb, es = setup
+    rng = np.random.default_rng(1)
+    stack = rng.normal(size=(3, 3, bb.d_model)).astype(np.float32)
+    scorer = scoring.Scorer(bb, batch_size=4, prompts_per_call=2)
+    single = np.stack([scorer.candidate_log_likelihoods(p, es) for p in stack])
+    compiled = scorer._score._cache_size()
+    for p in rng.normal(size=(3, 3, bb.d_model)).astype(np.float32):
+        scorer.candidate_log_likelihoods(p, es)
+    assert scorer._score._cache_size() == compiled  # new prompts, same executable
+    got = scorer.candidate_log_likelihoods_stack(stack, es)
+    np.testing.assert_allclose(got, single, rtol=1e-5, atol=1e-4)
+    assert [m["accuracy"] for m in scorer.evaluate_stack(stack, es)] == \
+        [scorer.metrics_from_scores(s, es)["accuracy"] for s in single]
+
+
+def test_greedy_decoding_is_scored_with_the_task_metrics():
+    import jax.numpy as jnp
+
+    from tasks import metrics
+    from tasks.specs import get_spec
+
+    bb = backbone("t5_tiny")
+    spec = get_spec("squad")
+    inputs = np.array([[0, 0, 70, 71, 1], [0, 80, 81, 82, 1], [90, 91, 92, 93, 1]], np.int32)
+    es = scoring.EvalSet(spec=spec, split="validation", inputs=inputs,
+                         inputs_mask=(inputs > 0).astype(np.int32),
+                         references=[["ab"], ["cd", "x"], ["e"]], max_decode_len=5)
+    prompt = np.random.default_rng(2).normal(size=(2, bb.d_model)).astype(np.float32)
+    got = scoring.Scorer(bb, batch_size=2).evaluate(prompt, es)
+    ids = np.asarray(bb.greedy_decode(bb.params, jnp.asarray(prompt), inputs, es.inputs_mask, 5))
+    texts = [bb.vocab.decode([int(t) for t in row if t > 0]).strip() for row in ids]
+    assert got["squad_f1"] == pytest.approx(metrics.squad_f1(es.references, texts))
+    assert set(got) == {"squad_f1", "squad_em"}
