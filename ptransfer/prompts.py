@@ -18,14 +18,16 @@ serves any prompt of the same shape.
                     the mean of its tokens), cycled to fill L
   text:<string>     the embedded string, cycled to fill L (truncated if longer)
   file:<path>       a `.npy` file (read with allow_pickle=False), a prompt bank
-                    entry directory, or a PEFT prompt-tuning adapter directory;
+                    entry directory, a PEFT prompt-tuning adapter directory, or a
+                    finished training model dir (its best_prompt.npy);
                     a bare path (ending in .npy or naming a directory) also works
   projected:<path>  a prompt from another backbone: a bank entry written by
                     `ptransfer project apply`, or, when `from_projected.projector`
                     names a trained projector directory, a source-backbone prompt
                     (any `file:` form) mapped through it now
 
-Other modules can add schemes with `register_initializer`. Every initializer
+Other modules can add schemes with `register_initializer`, and `init_prompt`
+also takes a callable `fn(InitContext)` directly. Every initializer
 returns float32 `[L, D]`; a width that does not match the backbone is a
 ConfigError that points to `ptransfer project apply`.
 """
@@ -134,6 +136,12 @@ def load_prompt_file(path: str) -> tuple[np.ndarray, dict]:
         if os.path.exists(os.path.join(path, peft_format.CONFIG_FILE)):
             prompt, config = peft_format.import_peft(path)
             return prompt, {"peft_config": config}
+        if os.path.exists(os.path.join(path, "run_identity.json")):  # a trainer's model dir
+            best = os.path.join(path, "best_prompt.npy")
+            if not os.path.isfile(best):
+                raise DataError(f"model dir {path} has no best_prompt.npy yet (the run has not "
+                                "finished); use its bank entry or a finished run.")
+            return load_prompt_file(best)
         from ptransfer.transfer import bank
 
         prompt, meta, _ = bank.read_entry(path)
@@ -286,9 +294,11 @@ def parse_init_from(init_from: str) -> tuple[str, str]:
                       + close_matches_hint(scheme, _INITIALIZERS))
 
 
-def describe_init(init_from: str) -> str:
+def describe_init(init_from) -> str:
     """INIT_FROM with the initializer's gin-bound settings, e.g. 'file:/bank/x' or
     'random(scale=0.5)' (recorded in run identities and bank entries)."""
+    if callable(init_from):
+        return f"callable:{getattr(init_from, '__module__', '?')}.{getattr(init_from, '__qualname__', repr(init_from))}"
     scheme, arg = parse_init_from(init_from)
     fn = _INITIALIZERS[scheme]
     try:
@@ -305,15 +315,20 @@ def describe_init(init_from: str) -> str:
     return out
 
 
-def init_prompt(init_from: str, backbone, length: int, *, seed: int = 0,
+def init_prompt(init_from, backbone, length: int, *, seed: int = 0,
                 label_words: Sequence[str] = ()) -> np.ndarray:
-    """The initial prompt float32 [length, d_model] for an `INIT_FROM` spec."""
+    """The initial prompt float32 [length, d_model] for an `INIT_FROM` spec, or
+    for a callable `fn(InitContext) -> [length, d_model]` (a hook, e.g. a
+    projector applied in memory)."""
     if int(length) <= 0:
         raise ConfigError(f"PROMPT_LENGTH must be positive, got {length}.")
-    scheme, arg = parse_init_from(init_from)
     ctx = InitContext(backbone=backbone, length=int(length), seed=int(seed),
                       label_words=tuple(label_words))
-    prompt = _INITIALIZERS[scheme](ctx, arg)
+    if callable(init_from):
+        scheme, prompt = "callable", np.asarray(init_from(ctx))
+    else:
+        scheme, arg = parse_init_from(init_from)
+        prompt = _INITIALIZERS[scheme](ctx, arg)
     prompt = check_width(prompt, backbone, f"INIT_FROM={init_from!r}")
     if prompt.shape[0] != length:
         raise ConfigError(f"initializer {scheme!r} returned {prompt.shape[0]} rows, not {length}.")

@@ -13,3 +13,13 @@ def assets_dir():
     from ptransfer import assets
 
     return assets.fetch()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gin_config():
+    """Gin bindings parsed by one test (e.g. MESH_MODEL=4) must not leak into
+    configurables another test constructs directly."""
+    yield
+    import gin
+
+    gin.clear_config()

@@ -117,3 +117,12 @@ def test_describe_init_records_gin_settings():
     finally:
         gin.clear_config()
     assert os.sep in prompts.parse_init_from("/x/p.npy")[1]
+
+
+def test_a_callable_hook_initializes_and_is_checked(t5):
+    p = prompts.init_prompt(lambda ctx: np.ones((ctx.length, ctx.d_model)), t5, 3)
+    np.testing.assert_array_equal(p, np.ones((3, t5.d_model), np.float32))
+    with pytest.raises(ConfigError, match="project apply"):
+        prompts.init_prompt(lambda ctx: np.ones((ctx.length, 5)), t5, 3)
+    assert prompts.describe_init(test_a_callable_hook_initializes_and_is_checked).startswith(
+        "callable:")

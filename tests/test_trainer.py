@@ -52,8 +52,21 @@ def test_prompt_alone_fits_a_small_task(preset, scale, data_dir, tmp_path, monke
     assert rows == curve and meta["best_score"] == 100.0 and meta["init"] == "vocab"
     assert meta["backbone"] == preset and meta["task"] == "tiny_yesno"
     np.testing.assert_array_equal(np.load(tmp_path / "run" / "prompt.npy"), result.final_prompt)
+    from ptransfer import prompts  # a finished model dir is an INIT_FROM source (its best)
+    np.testing.assert_array_equal(prompts.init_prompt(str(tmp_path / "run"), bb, 20),
+                                  result.best_prompt)
     assert not np.array_equal(result.final_prompt, _initial_prompt(bb, cfg))
     assert os.listdir(tmp_path / "run" / "tb" / "train")  # TensorBoard events
+
+    # `ptransfer eval` of the bank entry on the same examples gives the same score.
+    from ptransfer.training.evaluation import EvalConfig, run_eval
+
+    out = run_eval(EvalConfig(backbone=cfg.backbone, task="tiny_yesno", prompt=result.bank_entry,
+                              split="train", batch_size=8, input_length=8, target_length=4,
+                              data_dir=data_dir, output=str(tmp_path / "eval.json")),
+                   backbone=bb)
+    assert out["metrics"]["accuracy"] == 100.0 and out["examples"] == 8
+    assert json.loads((tmp_path / "eval.json").read_text())["metrics"] == out["metrics"]
 
 
 def _initial_prompt(bb, cfg):
@@ -77,6 +90,33 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_p
     assert ckpt.all_steps() and max(ckpt.all_steps()) == bad - 1
     assert f"last good checkpoint is step {bad - 1}" in msg
     assert not (tmp_path / "nan" / "bank").exists()
+
+
+def test_optimizer_presets_warmup_and_clipping():
+    import jax.numpy as jnp
+    from ptransfer.training.optimizer import make_optimizer, optimizer_config
+
+    assert optimizer_config("adafactor").learning_rate == 0.3
+    assert optimizer_config("adamw_t5").learning_rate == 5e-3
+    assert optimizer_config("adamw_roberta").learning_rate == 1e-4
+    with pytest.raises(ConfigError, match="'adamw_t5'"):
+        optimizer_config("adamw_t6")
+    cfg = optimizer_config("adamw_t5", learning_rate=1.0, warmup_steps=4, clip_norm=0.5)
+    opt = make_optimizer(cfg)
+    params = jnp.zeros(3)
+    state = opt.init(params)
+    steps = []
+    for _ in range(6):  # Adam's first steps move each weight by ~lr(t)
+        updates, state = opt.update(jnp.array([100.0, 0.0, 0.0]), state, params)
+        steps.append(float(-updates[0]))
+    np.testing.assert_allclose(steps[:5], [0.0, 0.25, 0.5, 0.75, 1.0], atol=2e-3)
+    # Clipping acts before Adam: a gradient clipped to norm 1e-9 is below Adam's eps (1e-8),
+    # so the first step shrinks to ~lr * 1e-9 / (1e-9 + 1e-8) instead of ~lr.
+    clip = make_optimizer(optimizer_config("adamw_t5", learning_rate=1.0, clip_norm=1e-9))
+    clipped, _ = clip.update(jnp.array([100.0, 0.0, 0.0]), clip.init(params), params)
+    assert float(-clipped[0]) == pytest.approx(1e-9 / 1.1e-8, rel=1e-3)
+    state = make_optimizer(optimizer_config("adafactor")).init(params)
+    assert float(state.hyperparams["learning_rate"]) == pytest.approx(0.3)  # rate is state
 
 
 def _cli(capsys, *argv):

@@ -57,3 +57,21 @@ def test_sigkill_mid_run_then_resume_is_bitwise_equal(tmp_path):
     assert bank_a.tobytes() == bank_b.tobytes()
     assert curve_a == curve_b and [r["step"] for r in curve_a] == list(range(0, STEPS + 1, 10))
     assert json.loads(again.stdout.strip().splitlines()[-1])["steps"] == STEPS
+
+
+def test_checkpointer_keeps_the_last_k_and_the_best(tmp_path):
+    import jax.numpy as jnp
+
+    from ptransfer.training.checkpointing import Checkpointer
+
+    ckpt = Checkpointer(str(tmp_path), keep=2)
+    scores = {1: 0.5, 2: 0.9, 3: None, 4: 0.7, 5: None, 6: 0.6}
+    for step, score in scores.items():
+        state = {"prompt": jnp.full((2, 3), float(step)), "opt_state": [jnp.zeros(3)],
+                 "best_prompt": jnp.zeros((2, 3)), "rng": jnp.zeros(2, jnp.uint32)}
+        ckpt.save(step, state, {"step": step}, score=score)
+    assert ckpt.all_steps() == [2, 5, 6]  # best (0.9 at step 2) + the latest two
+    abstract = {"prompt": jnp.zeros((2, 3)), "opt_state": [jnp.zeros(3)],
+                "best_prompt": jnp.zeros((2, 3)), "rng": jnp.zeros(2, jnp.uint32)}
+    state, meta = ckpt.restore(2, abstract)
+    assert meta == {"step": 2} and float(state["prompt"][0, 0]) == 2.0

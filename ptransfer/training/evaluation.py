@@ -79,8 +79,7 @@ def run_eval(cfg: EvalConfig, *, backbone=None) -> dict:
     mesh = partitioning.make_mesh(cfg.mesh_data, cfg.mesh_model)
     if backbone is None:
         dtype = jnp.dtype(cfg.backbone_dtype) if cfg.backbone_dtype else None
-        backbone = load_backbone(resolve_backbone_spec(cfg.backbone), dtype=dtype, mesh=mesh,
-                                 seed=cfg.seed)
+        backbone = load_backbone(resolve_backbone_spec(cfg.backbone), dtype=dtype, mesh=mesh)
         params = backbone.params
     else:
         params = partitioning.shard_params(backbone.params, backbone.logical_axes(), mesh)

@@ -1,7 +1,8 @@
 """Gin on the command line, T5X style: `--gin_file=…` (repeatable) and `--gin.NAME=VALUE`.
 
 `--gin_file` names are looked up in, in order: the current directory, each
-entry of `$PTRANSFER_GIN_PATH` (os.pathsep-separated), and the `gin_configs/`
+`--gin_search_path`, each entry of `$PTRANSFER_GIN_PATH` (os.pathsep-separated),
+and the `gin_configs/`
 directory that ships with ptransfer (the repository's top-level
 `gin_configs/`, found next to the installed package; an installed copy under
 `<prefix>/share/ptransfer/gin_configs` is used when present). `include`
@@ -43,9 +44,11 @@ CONFIGURABLE_MODULES = (
 )
 
 
-def gin_search_paths() -> list[str]:
-    """Directories searched for `--gin_file` and `include` names, in order."""
-    paths = [os.getcwd()]
+def gin_search_paths(extra: Sequence[str] = ()) -> list[str]:
+    """Directories searched for `--gin_file` and `include` names, in order: the
+    current directory, `extra` (--gin_search_path), $PTRANSFER_GIN_PATH, and
+    ptransfer's own gin_configs/."""
+    paths = [os.getcwd(), *extra]
     paths += [p for p in os.environ.get("PTRANSFER_GIN_PATH", "").split(os.pathsep) if p]
     repo = Path(__file__).resolve().parents[2] / "gin_configs"
     shared = Path(sys.prefix) / "share" / "ptransfer" / "gin_configs"
@@ -168,11 +171,16 @@ def parse_gin(gin_files: Iterable[str], bindings: Iterable[str], *,
     import gin
 
     for mod in CONFIGURABLE_MODULES:
-        importlib.import_module(mod)
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+    from gin import config as gc
+
     gin.clear_config(clear_constants=False)
-    search = list(search_paths) + gin_search_paths()
-    for d in reversed(search):
-        gin.add_config_file_search_path(d)
+    search = gin_search_paths(search_paths)
+    gc._LOCATION_PREFIXES[:] = [""] + search[1:]  # for `include`; '' is the cwd
     files = [_resolve_file(f, search) for f in gin_files]
     for f in files:
         try:

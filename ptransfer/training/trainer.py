@@ -289,8 +289,9 @@ class Trainer:
             bb = self._backbone
             return bb, shard_params(bb.params, bb.logical_axes(), mesh)
         dtype = jnp.dtype(self.cfg.backbone_dtype) if self.cfg.backbone_dtype else None
-        bb = load_backbone(resolve_backbone_spec(self.cfg.backbone), dtype=dtype, mesh=mesh,
-                           seed=self.cfg.seed)
+        # The run's seed is the prompt's and the data order's, never the backbone's: a
+        # preset is the same random model for every seed.
+        bb = load_backbone(resolve_backbone_spec(self.cfg.backbone), dtype=dtype, mesh=mesh)
         return bb, bb.params
 
     def bank_run_name(self) -> str:

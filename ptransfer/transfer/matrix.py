@@ -88,7 +88,8 @@ def cross_task_matrix(backbone, bank_dir: str, targets: Sequence[str], *,
     """Scores every bank prompt of `backbone` on every target; returns the JSON dict above.
 
     `metric_name` picks the metric of every target (default: each task's primary
-    metric); `split` falls back to 'validation' for a task that lacks it.
+    metric); `split` falls back to 'validation' for a task that lacks it and for
+    evaluation-only tasks (their validation split is the balanced one).
     """
     import tasks
 
@@ -113,7 +114,8 @@ def cross_task_matrix(backbone, bank_dir: str, targets: Sequence[str], *,
     for i, target in enumerate(targets):
         spec = specs[target]
         task, mlm = load_task(target, backbone, data_dir)
-        task_split = split if split in spec.splits else "validation"
+        # Evaluation-only tasks (e.g. rt) are scored on their balanced validation split.
+        task_split = split if split in spec.splits and not spec.evaluation_only else "validation"
         eval_set = scoring.build_eval_set(task, spec, backbone, task_split, eval_examples, lengths,
                                           truncate_inputs=default_truncation(backbone), mlm=mlm)
         metric[target] = metric_name or eval_set.primary_metric
