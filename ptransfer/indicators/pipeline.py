@@ -14,7 +14,9 @@ ordinary token; a masked LM gets its start, mask and end tokens, `dummy_mlm_ids(
 Output keys: backbone, tasks, stimulus, positions, threshold, window_size,
 pairwise {indicator: {s: {t: value}}}, points {indicator: [[value, rel], ...]},
 spearman {overall {ind: rho}, per_target {ind: {t: rho}}, windows {"a-b": rho},
-pvalues {ind: p}, n}.
+pvalues {ind: p}, n}, retrieval {ind: {hits, targets, rate, picks}}: for each
+target, whether the source an indicator ranks first is the source with the
+best measured transfer (the use `transfer init --sources auto` makes of it).
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ def compute_indicators(backbone, bank_dir: str, cross_task: dict, *, stimulus: s
     window_tables = correlation.correlate_all(windows, rel, tasks_, tasks_)
     off = correlation.off_diagonal_mask(tasks_, tasks_)
     return {
+        "retrieval": {name: top_source_retrieval(m, rel, tasks_) for name, m in matrices.items()},
         "backbone": backbone.name,
         "tasks": tasks_,
         "stimulus": stimulus,
@@ -121,6 +124,22 @@ def compute_indicators(backbone, bank_dir: str, cross_task: dict, *, stimulus: s
             "windows": {k: t.overall.to_json()["rho"] for k, t in window_tables.items()},
         },
     }
+
+
+def top_source_retrieval(indicator: np.ndarray, relative: np.ndarray, tasks: list[str]) -> dict:
+    """How often the source ranked first by `indicator` [S, T] is the best actual
+    source of the target (highest relative transfer), self pairs excluded."""
+    picks, hits = {}, 0
+    for j, target in enumerate(tasks):
+        others = [i for i in range(len(tasks)) if i != j and np.isfinite(relative[i, j])]
+        if not others:
+            continue
+        chosen = max(others, key=lambda i: indicator[i, j])
+        best = max(others, key=lambda i: relative[i, j])
+        picks[target] = {"ranked_first": tasks[chosen], "best_actual": tasks[best]}
+        hits += int(relative[chosen, j] == relative[best, j])
+    return {"hits": hits, "targets": len(picks),
+            "rate": hits / len(picks) if picks else None, "picks": picks}
 
 
 def rank_sources_by_on(backbone, target_prompt: np.ndarray, bank_dir: str, target: str, *,

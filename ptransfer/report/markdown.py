@@ -111,6 +111,11 @@ def _reading_indicators(ind: dict) -> list[str]:
             out.append(f"ON ({overall['ON']:+.2f}) does not beat the best embedding similarity "
                        f"{best_emb} ({emb[best_emb]:+.2f}) here: the paper's finding did not "
                        "reproduce on this model and these tasks.")
+    retrieval = {k: v for k, v in ind.get("retrieval", {}).items() if v.get("targets")}
+    if retrieval:
+        parts = [f"{k} {v['hits']}/{v['targets']}" for k, v in retrieval.items()]
+        out.append("Picking each target's source by the indicator finds the best actual source "
+                   "for " + ", ".join(parts) + " targets.")
     windows = {k: v for k, v in ind["spearman"].get("windows", {}).items() if v is not None}
     if windows:
         top = max(windows, key=windows.get)
