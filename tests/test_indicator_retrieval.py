@@ -23,10 +23,11 @@ def test_every_target_found():
 def test_misses_are_counted():
     indicator = np.array([[0.0, 0.9, 0.1],   # ranks a first for b (best is c): a miss
                           [0.5, 0.0, 0.0],
-                          [0.3, 0.8, 0.0]])  # ranks c first for a (best is b): a miss
+                          [0.6, 0.8, 0.0]])  # ranks c first for a (best is b): a miss
     r = top_source_retrieval(indicator, RELATIVE, TASKS)
     assert r["picks"]["b"]["ranked_first"] == "a" and r["picks"]["a"]["ranked_first"] == "c"
-    assert (r["hits"], r["targets"]) == (0, 3)
+    assert r["picks"]["c"] == {"ranked_first": "a", "best_actual": "a"}
+    assert (r["hits"], r["targets"], r["rate"]) == (1, 3, 1 / 3)
 
 
 def test_targets_without_measured_transfer_are_skipped():
