@@ -27,6 +27,7 @@ from typing import Sequence
 
 import gin
 
+from ptransfer.atomic import write_json as _write_json
 from ptransfer.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -79,13 +80,6 @@ class DemoConfig:
 
 def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _write_json(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _reusable(path: str, fingerprint: str) -> dict | None:

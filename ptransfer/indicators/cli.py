@@ -30,6 +30,7 @@ def _run(args) -> int:
     import json
     import os
 
+    from ptransfer.atomic import write_json
     from ptransfer.backbones import load_backbone
     from ptransfer.errors import DataError
     from ptransfer.indicators.pipeline import compute_indicators
@@ -54,11 +55,7 @@ def _run(args) -> int:
                                 threshold=args.threshold, window_size=args.window_size,
                                 data_dir=args.data_dir)
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "indicators.json")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, path)
+    path = write_json(os.path.join(args.out, "indicators.json"), result)
     plots.indicator_scatter(result, os.path.join(args.out, "indicator_scatter.png"))
     plots.on_by_window(result, os.path.join(args.out, "on_by_window.png"))
     print(path)

@@ -12,7 +12,6 @@ Heavy imports (jax, seqio) happen inside the run functions.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 
@@ -43,14 +42,9 @@ def add_cli(subparsers) -> None:
     add_gin_arguments(p)
     p.set_defaults(func=_run_eval)
 
-    try:
-        bank_cli = importlib.import_module("ptransfer.transfer.bank_cli")
-    except ModuleNotFoundError as e:
-        if e.name != "ptransfer.transfer.bank_cli":
-            raise
-    else:
-        if "bank" not in (subparsers.choices or {}):  # registered once, whoever comes first
-            bank_cli.add_bank_commands(subparsers)
+    from ptransfer.transfer import bank_cli
+
+    bank_cli.add_bank_commands(subparsers)
 
 
 def _parse(args, required) -> None:

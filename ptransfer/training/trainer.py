@@ -42,6 +42,7 @@ import time
 import gin
 import numpy as np
 
+from ptransfer import atomic
 from ptransfer.errors import CheckpointError, ConfigError, PtransferError
 from ptransfer.training.optimizer import OptimizerConfig, make_optimizer
 
@@ -448,8 +449,8 @@ class Trainer:
         exported = best_np if cfg.export == "best" else final_np
         entry = None
         if writer_on:
-            _atomic_npy(os.path.join(model_dir, "prompt.npy"), final_np)
-            _atomic_npy(os.path.join(model_dir, "best_prompt.npy"), best_np)
+            atomic.write_npy(os.path.join(model_dir, "prompt.npy"), final_np)
+            atomic.write_npy(os.path.join(model_dir, "best_prompt.npy"), best_np)
             entry = self._write_bank(backbone, exported, init_desc, best_score, best_step, metric,
                                      curve.records)
         ckpt.close()
@@ -496,12 +497,6 @@ def _nonfinite_message(loss: float, step: int, ckpt) -> str:
     return (f"training loss became {loss} at step {step}; stopped without saving that state. "
             f"{where} Lower the learning rate (--gin.LEARNING_RATE=...), clip gradients "
             "(--gin.CLIP_NORM=1.0) or check the prompt initialization.")
-
-
-def _atomic_npy(path: str, arr: np.ndarray) -> None:
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, arr, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def build_train_config() -> TrainConfig:

@@ -10,9 +10,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
+
+from ptransfer.atomic import write_json as _write_json
 
 
 def _csv(text: str) -> list[str]:
@@ -53,13 +54,9 @@ def add_cli(subparsers) -> None:
     i.add_argument("--out", required=True, help="directory for tpt.json, runs and curves")
     i.set_defaults(func=_run_init)
 
-    try:
-        project_cli = importlib.import_module("ptransfer.transfer.project_cli")
-    except ModuleNotFoundError as e:
-        if e.name != "ptransfer.transfer.project_cli":
-            raise
-    else:
-        project_cli.add_project_commands(subparsers)
+    from ptransfer.transfer import project_cli
+
+    project_cli.add_project_commands(subparsers)
 
 
 def _run_matrix(args) -> int:
@@ -131,9 +128,3 @@ def _run_init(args) -> int:
                                             "mean_comparable_speedup", "pt_best", "tpt_best")}))
     return 0
 
-
-def _write_json(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
