@@ -73,3 +73,16 @@ def test_rerun_reuses_finished_stages(demo_out, caplog):
     assert "bank entry exists, reused" in caplog.text
     assert "tpt.json is up to date, reused" in caplog.text
     assert os.path.getmtime(os.path.join(demo_out, "tpt.json")) == before
+
+
+def test_family_means_skip_targets_without_their_own_prompt():
+    from ptransfer.report.markdown import family_means
+
+    cross = {"sources": ["mr", "sms_spam"], "targets": ["mr", "rt", "sms_spam"],
+             "task_types": {"mr": "sentiment", "rt": "sentiment", "sms_spam": "spam"},
+             "relative": {"mr": {"mr": 1.0, "rt": None, "sms_spam": 0.5},
+                          "sms_spam": {"mr": 0.9, "rt": None, "sms_spam": 1.0}},
+             "baselines_relative": {"random_prompt": {"mr": 0.6, "rt": None, "sms_spam": 0.8}}}
+    fm = family_means(cross)
+    assert fm == {"sentiment_to_sentiment": None, "sentiment_to_other": 0.5,
+                  "random_prompt": pytest.approx(0.7)}

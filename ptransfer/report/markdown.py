@@ -49,11 +49,13 @@ def family_means(cross_task: dict) -> dict[str, float | None]:
             if rel is None:
                 continue
             (within if types.get(t) == "sentiment" else across).append(rel)
-    rand = cross_task.get("baselines_relative", {}).get("random_prompt", {})
+    # Targets without their own prompt (evaluation-only tasks) have no relative value.
+    rand = [v for v in cross_task.get("baselines_relative", {}).get("random_prompt", {}).values()
+            if v is not None]
     return {
         "sentiment_to_sentiment": mean(within) if within else None,
         "sentiment_to_other": mean(across) if across else None,
-        "random_prompt": mean(rand.values()) if rand else None,
+        "random_prompt": mean(rand) if rand else None,
     }
 
 
