@@ -108,15 +108,16 @@ class JaxSide:
         self._one_step()
         donated = bool(before.is_deleted())
         # Which arguments the compiled step aliases to outputs (lowering only, no compile).
-        text = self.step.lower(self.prompt, self.opt_state, self.rng, self.params,
-                               self.batch).as_text()
+        lowered = self.step.lower(self.prompt, self.opt_state, self.rng, self.params, self.batch)
+        text = lowered.as_text()
+        cost = lowered.cost_analysis() or {}
         self._compiles0 = _COMPILES[0]
         self._cache0 = self.step._cache_size()
         self._buffers0 = _buffers(self.params)
         peak = worker.peak_rss_mb()  # includes compilation
         worker.reset_peak_rss()
         return {"first_step_s": times[0], "warm_times": list(times[1:]), "loss0": losses[0],
-                "peak_rss_warmup_mb": peak,
+                "peak_rss_warmup_mb": peak, "flops_per_step": float(cost.get("flops", 0.0)),
                 "prompt_donated": donated,
                 "aliased_args": text.count("tf.aliasing_output") + text.count("jax.buffer_donor"),
                 "compiles_at_warmup": self._compiles0, "cache_size": self._cache0}

@@ -58,6 +58,9 @@ def run_shape(name: str, steps: int, warmup: int, threads: int, vs_peft: bool, s
         rec["ptransfer_median_cpu_s"] = common.median(rec["ptransfer_cpu_s"])
         rec["ptransfer_tokens_per_s"] = shape.tokens_per_step / rec["ptransfer_median_s"]
         rec["ptransfer_peak_rss_mb"] = fin["peak_rss_mb"]
+        # The same arithmetic on both sides: XLA's count of the step's FLOPs.
+        rec["flops_per_step"] = flops = rec["ptransfer_warmup"]["flops_per_step"]
+        rec["ptransfer_gflops_per_s"] = flops / rec["ptransfer_median_s"] / 1e9
         rec["recompiles_after_warmup"] = fin["recompiles_after_warmup"]
         rec["params_same_buffers"] = fin["params_same_buffers"]
         rec["prompt_donated"] = rec["ptransfer_warmup"]["prompt_donated"]
@@ -71,6 +74,7 @@ def run_shape(name: str, steps: int, warmup: int, threads: int, vs_peft: bool, s
                                                     / rec["peft_median_cpu_s"])
             rec["peft_tokens_per_s"] = shape.tokens_per_step / rec["peft_median_s"]
             rec["peft_peak_rss_mb"] = pfin["peak_rss_mb"]
+            rec["peft_gflops_per_s"] = flops / rec["peft_median_s"] / 1e9
             rec["ratio_ptransfer_over_peft"] = rec["ptransfer_median_s"] / rec["peft_median_s"]
             rec["loss0_ptransfer"] = rec["ptransfer_warmup"]["loss0"]
             rec["loss0_peft"] = rec["peft_warmup"]["loss0"]
@@ -148,6 +152,9 @@ def main(argv=None) -> int:
               f"{rec['ptransfer_finish']['cache_size_after']}; prompt donated: {w['prompt_donated']} "
               f"({w['aliased_args']} donated buffers); frozen params same buffers: "
               f"{rec['params_same_buffers']}", flush=True)
+        print(f"[{name}] {rec['flops_per_step'] / 1e9:.1f} GFLOP per step (XLA cost analysis): "
+              f"ptransfer {rec['ptransfer_gflops_per_s']:.1f} GFLOP/s"
+              + (f", PEFT {rec['peft_gflops_per_s']:.1f} GFLOP/s" if vs_peft else ""), flush=True)
         if vs_peft:
             print(f"[{name}] first-step loss ptransfer {rec['loss0_ptransfer']:.5f} vs PEFT "
                   f"{rec['loss0_peft']:.5f}", flush=True)

@@ -23,15 +23,16 @@ PROMPT_LEN = 3
 # continuation that leaked across labels in a shared pass would change scores.
 LABEL_IDS = {
     2: [[11, 12, 13], [21]],
-    3: [[11, 12, 13], [21], [11, 40]],
-    4: [[31, 32], [41, 42, 43, 44], [51], [31, 60, 61]],
+    3: [[11, 12, 13, 14], [21], [11, 40]],
 }
 
 
 @pytest.fixture(scope="module", params=["t5_tiny", "t5_1_1_tiny", "llama_tiny"])
 def backbone(request):
     family = llama if request.param.startswith("llama") else t5
-    return family.from_preset(request.param, seed=3)
+    bb = family.from_preset(request.param, seed=3)
+    bb.jit_tll = jax.jit(bb.target_log_likelihood)  # one compilation per backbone
+    return bb
 
 
 TARGET_LEN = 5  # one Lt for every label set: the naive path compiles once per backbone
@@ -61,13 +62,12 @@ def _inputs(n=5, length=7, seed=0):
 
 def _naive(backbone, prompt, inputs, inputs_mask, cands, cmask):
     """[N, C]: one teacher-forced pass per label word over all inputs."""
-    tll = jax.jit(backbone.target_log_likelihood)
     cols = []
     for j in range(len(cands)):
         n = len(inputs)
         batch = {"inputs": inputs, "inputs_mask": inputs_mask,
                  "targets": np.repeat(cands[j:j + 1], n, 0), "targets_mask": np.repeat(cmask[j:j + 1], n, 0)}
-        cols.append(np.asarray(tll(backbone.params, prompt, batch)))
+        cols.append(np.asarray(backbone.jit_tll(backbone.params, prompt, batch)))
     return np.stack(cols, axis=1)
 
 
