@@ -157,8 +157,9 @@ def main(argv=None) -> int:
                   "skipped.", file=sys.stderr)
             with_peft = False
 
+    command = " ".join(["python -m bench.eval"] + (sys.argv[1:] if argv is None else list(argv)))
     payload = {"benchmark": "eval", "machine": common.machine(), "threads": args.threads,
-               "command": " ".join(sys.argv), "models": []}
+               "command": command, "models": []}
     print(f"machine: {payload['machine']['cpu']} ({payload['machine']['cores']} cores), "
           f"load {common.load_average()}, {args.threads} threads per side", flush=True)
     problems = []

@@ -138,8 +138,9 @@ def main(argv=None) -> int:
             print(f"--vs peft needs the bench extra: pip install -e '.[bench]' ({e})", file=sys.stderr)
             return 2
 
+    command = " ".join(["python -m bench.prompt_step"] + (sys.argv[1:] if argv is None else list(argv)))
     payload = {"benchmark": "prompt_step", "machine": common.machine(), "threads": args.threads,
-               "steps": args.steps, "warmup": args.warmup, "command": " ".join(sys.argv), "shapes": []}
+               "steps": args.steps, "warmup": args.warmup, "command": command, "shapes": []}
     print(f"machine: {payload['machine']['cpu']} ({payload['machine']['cores']} cores), "
           f"load {common.load_average()}, {args.threads} threads per side", flush=True)
     problems = []
