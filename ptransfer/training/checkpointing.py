@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ptransfer import fileio
 from ptransfer.errors import CheckpointError
 
 IDENTITY_FILE = "run_identity.json"
@@ -35,11 +36,11 @@ def check_run_identity(model_dir: str, identity: dict[str, Any], *, write: bool 
     the run has been validated (so a run that fails on bad input leaves no
     identity behind). Raises CheckpointError naming the settings that differ.
     """
-    path = os.path.join(model_dir, IDENTITY_FILE)
+    path = fileio.join(model_dir, IDENTITY_FILE)
     identity = json.loads(json.dumps(identity, sort_keys=True))  # normalize tuples etc.
-    if os.path.exists(path):
+    if fileio.exists(path):
         try:
-            with open(path) as f:
+            with fileio.open(path) as f:
                 old = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path} is unreadable ({e}); this model dir is damaged. "
@@ -51,17 +52,17 @@ def check_run_identity(model_dir: str, identity: dict[str, Any], *, write: bool 
                 f"model dir {model_dir} holds a different run ({details}). Refusing to mix them: "
                 "choose a new MODEL_DIR, or delete that directory to start over.")
         return
-    ckpt_dir = os.path.join(model_dir, CHECKPOINT_SUBDIR)
-    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+    ckpt_dir = fileio.join(model_dir, CHECKPOINT_SUBDIR)
+    if fileio.isdir(ckpt_dir) and fileio.listdir(ckpt_dir):
         raise CheckpointError(f"model dir {model_dir} has checkpoints but no {IDENTITY_FILE}, so "
                               "it cannot be shown to hold this run; choose a new MODEL_DIR.")
     if not write:
         return
-    os.makedirs(model_dir, exist_ok=True)
+    fileio.makedirs(model_dir, exist_ok=True)
     tmp = path + f".tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    with fileio.open(tmp, "w") as f:
         json.dump(identity, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    fileio.replace(tmp, path)
 
 
 class Checkpointer:
@@ -86,7 +87,7 @@ class Checkpointer:
             create=True,
             cleanup_tmp_directories=True,
         )
-        self.directory = os.path.abspath(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+        self.directory = fileio.abspath(fileio.join(model_dir, CHECKPOINT_SUBDIR))
         self._mgr = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "meta"))
 

@@ -5,16 +5,18 @@
 restored step are dropped, so the file always matches the checkpoint and the
 bank entry gets the whole, unduplicated curve. TensorBoard events go to
 `<model_dir>/tb/{train,eval}` (tensorboardX), purged past the restored step.
+The model dir may be remote (gs://...): files go through `ptransfer.fileio`
+(appending to a GCS object re-uploads it, which is fine for a short curve).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 
+from ptransfer import fileio
 from ptransfer.errors import CheckpointError
 
 
@@ -24,8 +26,8 @@ class JsonlCurve:
     def __init__(self, path: str, *, resume_step: int):
         self.path = path
         self.records: list[dict] = []
-        if os.path.exists(path):
-            with open(path) as f:
+        if fileio.exists(path):
+            with fileio.open(path) as f:
                 lines = [ln for ln in f.read().splitlines() if ln.strip()]
             for n, line in enumerate(lines, 1):
                 try:
@@ -41,14 +43,14 @@ class JsonlCurve:
 
     def _rewrite(self) -> None:
         tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
+        with fileio.open(tmp, "w") as f:
             for rec in self.records:
                 f.write(json.dumps(rec, sort_keys=True) + "\n")
-        os.replace(tmp, self.path)
+        fileio.replace(tmp, self.path)
 
     def append(self, record: dict) -> None:
         self.records.append(record)
-        with open(self.path, "a") as f:
+        with fileio.open(self.path, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
             f.flush()
 
@@ -62,8 +64,10 @@ class TensorBoard:
         except ImportError:  # optional at run time
             self._writers = {}
             return
+        if fileio.is_remote(logdir):
+            _register_gfile_events(logdir)
         purge = resume_step + 1 if resume_step > 0 else None
-        self._writers = {k: SummaryWriter(os.path.join(logdir, k), purge_step=purge, flush_secs=30)
+        self._writers = {k: SummaryWriter(fileio.join(logdir, k), purge_step=purge, flush_secs=30)
                          for k in ("train", "eval")}
 
     def scalars(self, kind: str, step: int, values: dict) -> None:
@@ -77,6 +81,31 @@ class TensorBoard:
     def close(self) -> None:
         for w in self._writers.values():
             w.close()
+
+
+class _GfileEventsFactory:
+    """tensorboardX writer factory that writes event files through `fileio` (tf.io.gfile)."""
+
+    def open(self, path):
+        return fileio.open(path, "wb")
+
+    def directory_check(self, path):
+        fileio.makedirs(path)
+
+
+def _register_gfile_events(logdir: str) -> None:
+    """Lets tensorboardX write to `logdir`'s scheme through tf.io.gfile.
+
+    tensorboardX knows s3:// and, only with google-cloud-storage installed,
+    gs://; other schemes (and gs:// without that package) would silently land
+    in a local directory named 'gs:'. Registration is process-wide.
+    """
+    from tensorboardX import record_writer
+
+    scheme = logdir.split("://", 1)[0]
+    if scheme not in record_writer.REGISTERED_FACTORIES or \
+            (scheme == "gs" and not record_writer.GCS_ENABLED):
+        record_writer.register_writer_factory(scheme, _GfileEventsFactory())
 
 
 class Progress:

@@ -18,6 +18,14 @@ final directory holds COMPLETE, so a crash at any point leaves nothing that
 and may be deleted). Names are restricted to [A-Za-z0-9._+=@-] not starting
 with '.', and resolved paths are checked, so no entry lands outside the bank.
 Prompts are read with `np.load(allow_pickle=False)`.
+
+A bank may be remote (gs://, any tf.io.gfile filesystem; see
+`ptransfer.fileio`). An object store has no atomic directory rename, so there
+the files are written straight into the entry directory (each via a temp
+object and a rename) and COMPLETE, with the files' sha256, is written last:
+a crash leaves an entry without COMPLETE, which is not listed and which the
+next write of that run replaces; an overwrite first deletes the old COMPLETE.
+Two writers of the same run at the same time are not detected remotely.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ptransfer import fileio
 from ptransfer.errors import CheckpointError, ConfigError, DataError, close_matches_hint
 
 PROMPT_FILE = "prompt.npy"
@@ -62,7 +71,13 @@ def check_name(kind: str, name) -> str:
 
 
 def _inside(root: str, path: str) -> str:
-    """`path` if its real location is under `root`'s, else ConfigError."""
+    """`path` if its real location is under `root`'s, else ConfigError.
+
+    Remote paths have no symlinks, and every component below `root` passed
+    `check_name`, so they are inside by construction.
+    """
+    if fileio.is_remote(root) or fileio.is_remote(path):
+        return path
     real_root = os.path.realpath(root)
     real = os.path.realpath(path)
     if os.path.commonpath([real_root, real]) != real_root or real == real_root:
@@ -73,7 +88,7 @@ def _inside(root: str, path: str) -> str:
 
 def entry_dir(bank_dir: str, backbone: str, task: str, run: str) -> str:
     """Path of an entry (whether or not it exists), checked to stay inside the bank."""
-    path = os.path.join(bank_dir, check_name("backbone", backbone), check_name("task", task),
+    path = fileio.join(bank_dir, check_name("backbone", backbone), check_name("task", task),
                         check_name("run", run))
     return _inside(bank_dir, path)
 
@@ -172,6 +187,9 @@ def write_entry(bank_dir: str, backbone: str, task: str, run: str, prompt, meta:
                       + "\n").encode()
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bank entry meta is not plain JSON (numbers must be finite): {e}") from None
+    if fileio.is_remote(path):
+        return _write_entry_remote(path, f"{backbone}/{task}/{run}", arr, meta_bytes,
+                                   metrics_rows, overwrite)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     _inside(bank_dir, parent)
@@ -210,16 +228,38 @@ def write_entry(bank_dir: str, backbone: str, task: str, run: str, prompt, meta:
     return path
 
 
+def _write_entry_remote(path: str, ref: str, arr: np.ndarray, meta_bytes: bytes,
+                        metrics_rows: Iterable[Mapping], overwrite: bool) -> str:
+    """`write_entry` on an object store: files in place, COMPLETE last (module docstring)."""
+    metrics_bytes = "".join(json.dumps(dict(row), sort_keys=True) + "\n"
+                            for row in metrics_rows).encode()
+    complete = fileio.join(path, COMPLETE_FILE)
+    if is_complete(path):
+        if not overwrite:
+            raise CheckpointError(f"bank entry {ref} already exists at {path}; "
+                                  "choose another run name or overwrite it explicitly.")
+        fileio.remove(complete)  # unlisted from here until the new COMPLETE lands
+    fileio.makedirs(path)
+    digests = {}
+    for name, data in ((PROMPT_FILE, _npy_bytes(arr)), (META_FILE, meta_bytes),
+                       (METRICS_FILE, metrics_bytes)):
+        fileio.atomic_write(fileio.join(path, name), data)
+        digests[name] = hashlib.sha256(data).hexdigest()
+    fileio.atomic_write(complete, (json.dumps({"sha256": digests}, indent=2, sort_keys=True)
+                                   + "\n").encode())
+    return path
+
+
 # ---- reading -----------------------------------------------------------------
 
 def is_complete(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, COMPLETE_FILE))
+    return fileio.isfile(fileio.join(path, COMPLETE_FILE))
 
 
 def _read_meta(path: str) -> dict:
-    meta_path = os.path.join(path, META_FILE)
+    meta_path = fileio.join(path, META_FILE)
     try:
-        with open(meta_path) as f:
+        with fileio.open(meta_path) as f:
             meta = json.load(f)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"bank entry {path}: unreadable {META_FILE} ({e}); delete the "
@@ -231,10 +271,10 @@ def _read_meta(path: str) -> dict:
 
 def _subdirs(path: str) -> list[str]:
     try:
-        names = sorted(os.listdir(path))
+        names = sorted(fileio.listdir(path))
     except NotADirectoryError:
         return []
-    return [n for n in names if _NAME_RE.fullmatch(n) and os.path.isdir(os.path.join(path, n))]
+    return [n for n in names if _NAME_RE.fullmatch(n) and fileio.isdir(fileio.join(path, n))]
 
 
 def list_entries(bank_dir: str, backbone: str | None = None, task: str | None = None, *,
@@ -244,7 +284,7 @@ def list_entries(bank_dir: str, backbone: str | None = None, task: str | None = 
     `require=True` turns "no entries" into a DataError naming what the bank
     does hold. Incomplete and hidden directories are never listed.
     """
-    if not os.path.isdir(bank_dir):
+    if not fileio.isdir(bank_dir):
         raise DataError(f"prompt bank {bank_dir!r} does not exist; train prompts first "
                         "(`ptransfer train` writes them there) or pass the right --bank.")
     for kind, name in (("backbone", backbone), ("task", task)):
@@ -254,11 +294,11 @@ def list_entries(bank_dir: str, backbone: str | None = None, task: str | None = 
     for bb in _subdirs(bank_dir):
         if backbone is not None and bb != backbone:
             continue
-        for tk in _subdirs(os.path.join(bank_dir, bb)):
+        for tk in _subdirs(fileio.join(bank_dir, bb)):
             if task is not None and tk != task:
                 continue
-            for run in _subdirs(os.path.join(bank_dir, bb, tk)):
-                path = os.path.join(bank_dir, bb, tk, run)
+            for run in _subdirs(fileio.join(bank_dir, bb, tk)):
+                path = fileio.join(bank_dir, bb, tk, run)
                 if is_complete(path):
                     out.append(BankEntry(path, bb, tk, run, _read_meta(path)))
     if require and not out:
@@ -284,20 +324,20 @@ def _empty_message(bank_dir, backbone, task) -> str:
 
 def read_entry(path: str):
     """(prompt float32 [L, D], meta dict, metrics list of dicts) of a complete entry."""
-    if not os.path.isdir(path):
+    if not fileio.isdir(path):
         raise DataError(f"no bank entry at {path!r}; `ptransfer bank list` shows the entries.")
     if not is_complete(path):
         raise CheckpointError(f"bank entry {path} is incomplete (no {COMPLETE_FILE} marker: an "
                               "interrupted write); delete it and write it again.")
     try:
-        with open(os.path.join(path, COMPLETE_FILE)) as f:
+        with fileio.open(fileio.join(path, COMPLETE_FILE)) as f:
             digests = json.load(f)["sha256"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"bank entry {path}: unreadable {COMPLETE_FILE} ({e}).") from None
     blobs = {}
     for name in ENTRY_FILES:
         try:
-            with open(os.path.join(path, name), "rb") as f:
+            with fileio.open(fileio.join(path, name), "rb") as f:
                 blobs[name] = f.read()
         except OSError as e:
             raise CheckpointError(f"bank entry {path}: cannot read {name} ({e}).") from None
@@ -340,8 +380,8 @@ def find_entry(bank_dir: str, backbone: str, task: str, run: str | None = None) 
 
 def resolve_ref(bank_dir: str, ref: str) -> BankEntry:
     """An entry from 'backbone/task[/run]' or from the path of an entry directory."""
-    if os.path.isdir(ref) and is_complete(ref):
-        path = os.path.normpath(ref)
+    if fileio.isdir(ref) and is_complete(ref):
+        path = ref.rstrip("/") if fileio.is_remote(ref) else os.path.normpath(ref)
         run_dir, run = os.path.split(path)
         task_dir, task = os.path.split(run_dir)
         backbone = os.path.basename(task_dir)
