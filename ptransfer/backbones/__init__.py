@@ -10,6 +10,7 @@ Spec forms:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -38,15 +39,89 @@ def all_presets() -> dict[str, str]:
     return out
 
 
-def load_backbone(spec: str, *, dtype=None, mesh=None, seed: int = 0):
+def check_compute_dtype(name, where: str = "compute_dtype") -> str:
+    """The canonical name of a floating compute dtype ('bfloat16', 'float32', ...),
+    or one ConfigError."""
+    import jax.numpy as jnp
+
+    try:
+        dt = jnp.dtype(name)
+    except (TypeError, ValueError):
+        dt = None
+    if dt is None or not jnp.issubdtype(dt, jnp.floating):
+        raise ConfigError(f"{where} {name!r} is not a floating-point dtype; use 'bfloat16', "
+                          "'float32' or 'float16' (None keeps the backbone's own).")
+    return dt.name
+
+
+def configure_backbone(backbone, *, compute_dtype=None, remat=None):
+    """`backbone` with its config's compute dtype and / or rematerialization
+    replaced (None keeps the config's own); the same object when nothing changes.
+
+    The params are shared, not copied: neither setting changes the parameter tree.
+    """
+    import jax.numpy as jnp
+
+    from ptransfer.backbones.layers import check_remat
+
+    cfg = backbone.config
+    changes = {}
+    if compute_dtype is not None:
+        name = check_compute_dtype(compute_dtype)
+        old = cfg.dtype
+        # T5 / LLaMA store the dtype's name, MLM a dtype object.
+        new = name if isinstance(old, str) else jnp.dtype(name)
+        if jnp.dtype(old) != jnp.dtype(name):
+            changes["dtype"] = new
+    if remat is not None:
+        check_remat(remat, f"backbone {backbone.name!r}")
+        if remat != cfg.remat:
+            changes["remat"] = remat
+    if not changes:
+        return backbone
+    # One variant per setting, kept on the backbone, so runs sharing one loaded
+    # backbone also share the variant and its compiled steps.
+    variants = backbone.__dict__.setdefault("_ptransfer_variants", {})
+    key = tuple(sorted((k, str(v)) for k, v in changes.items()))
+    variant = variants.get(key)
+    if variant is not None and variant.params is backbone.params:
+        return variant
+    config = dataclasses.replace(cfg, **changes)
+    if hasattr(config, "validate"):
+        config.validate()
+    # Fields with init=False (family, ...) are set again by the class; __post_init__
+    # rebuilds the module from the new config.
+    init = {f.name: getattr(backbone, f.name) for f in dataclasses.fields(backbone) if f.init}
+    init["config"] = config
+    variants[key] = variant = type(backbone)(**init)
+    return variant
+
+
+def load_backbone(spec: str, *, dtype=None, mesh=None, seed: int = 0,
+                  compute_dtype: str | None = None, remat: str | None = None):
     """Returns a `Backbone` for `spec` (see module docstring).
 
     Args:
       dtype: storage dtype of the frozen params (e.g. jnp.bfloat16); None keeps
-        float32. Compute dtype is a config field of each family.
+        float32.
       mesh: if given, params are placed directly into sharded device arrays.
       seed: random init seed for `preset:` specs.
+      compute_dtype: activations / matmul dtype (e.g. 'bfloat16'); None keeps
+        the family config's own (float32 for every preset and checkpoint).
+      remat: per-layer rematerialization, 'none' | 'full' | 'dots'; None keeps
+        the config's own ('none').
     """
+    if compute_dtype is not None:
+        check_compute_dtype(compute_dtype)
+    if remat is not None:
+        from ptransfer.backbones.layers import check_remat
+
+        check_remat(remat, f"backbone {spec!r}")
+    backbone = _load(spec, dtype=dtype, mesh=mesh, seed=seed)
+    return configure_backbone(backbone, compute_dtype=compute_dtype, remat=remat)
+
+
+def _load(spec: str, *, dtype, mesh, seed: int):
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise ConfigError(f"backbone spec {spec!r} has no form; use preset:<name>, hf:<dir>, "

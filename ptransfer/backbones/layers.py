@@ -26,6 +26,45 @@ ACTIVATIONS: dict[str, Callable] = {
 }
 
 
+# Rematerialization (activation checkpointing) of one transformer layer, by the
+# names T5X / flaxformer (`layer_remat`) and maxtext (`remat_policy`) use:
+#   none  - keep every activation the backward pass needs (fastest, most memory);
+#   full  - keep only each layer's inputs, recompute the whole layer backwards;
+#   dots  - keep the matmul outputs that have no batch dimension (the weight
+#           projections: q/k/v/out, wi/wo), recompute the rest (attention
+#           scores and probabilities, norms, activations).
+#           `minimal` is the same policy under flaxformer's / maxtext's name.
+REMAT_POLICIES = ("none", "full", "dots", "minimal")
+
+
+def check_remat(name, where: str = "config") -> str:
+    """Returns `name` if it is a REMAT_POLICIES entry, else raises ConfigError."""
+    from ptransfer.errors import ConfigError
+
+    if name not in REMAT_POLICIES:
+        raise ConfigError(f"{where}: remat {name!r} is not a remat policy; use one of "
+                          f"{', '.join(repr(p) for p in REMAT_POLICIES)}.")
+    return name
+
+
+def remat_layer(cls, name: str):
+    """`cls` (a layer Module class) wrapped in `nn.remat` with policy `name`.
+
+    Only `__call__` is wrapped; the wrapped class keeps the parameter names
+    (the caller's attribute names, e.g. `layers_3`), so checkpoints, logical
+    axes and sharding are unchanged. `prevent_cse=True` (the default) is what a
+    Python loop of layers inside `jit` needs: without it XLA may merge the
+    recomputation back into the forward pass (it is only safe to drop inside
+    `scan`). No argument is static: every layer input is an array or None.
+    """
+    check_remat(name)
+    if name == "none":
+        return cls
+    policy = (jax.checkpoint_policies.nothing_saveable if name == "full"
+              else jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    return nn.remat(cls, policy=policy, prevent_cse=True)
+
+
 def param_with_axes(module: nn.Module, name: str, init, shape: Sequence[int],
                     axes: Sequence[str | None], dtype=jnp.float32):
     """A parameter annotated with logical axis names (one per dimension)."""

@@ -51,7 +51,9 @@ class LlamaConfig:
 
     `dtype` is the compute dtype (activations, matmuls); the storage dtype of
     the frozen params is chosen at load time. Softmax, norms and logits are
-    always float32.
+    always float32. `remat`: rematerialization of each decoder layer in the
+    backward pass, 'none' | 'full' | 'dots' (see `layers.REMAT_POLICIES`); it
+    changes memory and speed, never the parameters or the results.
     """
 
     vocab_size: int
@@ -65,6 +67,7 @@ class LlamaConfig:
     norm_eps: float = 1e-5
     tie_word_embeddings: bool = True
     dtype: str = "float32"
+    remat: str = "none"
 
     @property
     def compute_dtype(self):
@@ -76,6 +79,7 @@ class LlamaConfig:
                               f"num_kv_heads {self.num_kv_heads}.")
         if self.head_dim % 2:
             raise ConfigError(f"{where}: head_dim {self.head_dim} must be even for RoPE.")
+        layers.check_remat(self.remat, where)
         return self
 
 
@@ -186,7 +190,8 @@ class LlamaModel(nn.Module):
     def setup(self):
         c = self.config
         self.token_embedder = layers.Embed(c.vocab_size, c.d_model, c.compute_dtype)
-        self.layers = [DecoderLayer(c) for _ in range(c.num_layers)]  # named layers_0 ...
+        layer = layers.remat_layer(DecoderLayer, c.remat)
+        self.layers = [layer(c) for _ in range(c.num_layers)]  # named layers_0 ...
         self.decoder_norm = layers.RMSNorm(c.norm_eps, c.compute_dtype)
         if not c.tie_word_embeddings:
             self.logits_dense = layers.Dense(c.vocab_size, ("embed", "vocab"), dtype=c.compute_dtype)

@@ -75,8 +75,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptransfer.backbones.base import Backbone, batched_prompt, prompt_length
-from ptransfer.backbones.layers import (ACTIVATIONS, Dense, Embed, LayerNorm, dot_product_attention,
-                                        gather_log_probs, mask_to_bias, param_with_axes)
+from ptransfer.backbones.layers import (ACTIVATIONS, Dense, Embed, LayerNorm, check_remat,
+                                        dot_product_attention, gather_log_probs, mask_to_bias,
+                                        param_with_axes, remat_layer)
 from ptransfer.errors import CheckpointError, ConfigError, close_matches_hint
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ class MlmConfig:
     bos_id / eos_id: the start ([CLS], <s>) and end ([SEP], </s>) tokens a
       template puts around the text; mask_id: the mask slot token.
     dtype: compute dtype (storage dtype is chosen when loading).
+    remat: rematerialization of each encoder layer in the backward pass,
+      'none' | 'full' | 'dots' (see `layers.REMAT_POLICIES`).
     """
 
     d_model: int
@@ -115,6 +118,7 @@ class MlmConfig:
     mask_id: int = 50264
     activation: str = "gelu"
     dtype: Any = jnp.float32
+    remat: str = "none"
 
     def __post_init__(self):
         if self.flavor not in FLAVORS:
@@ -128,6 +132,7 @@ class MlmConfig:
             if not 0 <= getattr(self, field) < self.vocab_size:
                 raise ConfigError(f"{field}={getattr(self, field)} is outside the vocabulary "
                                   f"(vocab_size {self.vocab_size}).")
+        check_remat(self.remat, "MLM config")
 
     @property
     def head_dim(self) -> int:
@@ -271,7 +276,8 @@ class MlmEncoder(nn.Module):
         self.position_embedder = table(c.max_positions, ("positions", "embed"))
         self.token_type_embedder = table(c.type_vocab_size, (None, "embed"))
         self.embedding_norm = LayerNorm(epsilon=c.layer_norm_epsilon, dtype=c.dtype)
-        self.layers = [EncoderLayer(c) for _ in range(c.num_layers)]
+        layer = remat_layer(EncoderLayer, c.remat)
+        self.layers = [layer(c) for _ in range(c.num_layers)]
         self.mlm_head = MlmHead(c)
 
     def embed(self, ids):

@@ -54,8 +54,8 @@ import numpy as np
 
 from ptransfer.backbones.base import Backbone, batched_prompt
 from ptransfer.backbones.layers import (ACTIVATIONS, Dense, Embed, RMSNorm, causal_mask,
-                                        dot_product_attention, gather_log_probs, mask_to_bias,
-                                        param_with_axes)
+                                        check_remat, dot_product_attention, gather_log_probs,
+                                        mask_to_bias, param_with_axes, remat_layer)
 from ptransfer.errors import CheckpointError, ConfigError, close_matches_hint
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,9 @@ class T5Config:
     d_model**-0.5 when `scale_tied_logits` (always for real v1.0 checkpoints;
     False only for v1.1 models re-saved by transformers 5.x, which ties heads).
     `dtype` is the compute dtype; storage dtype is chosen when loading.
+    `remat`: rematerialization of each encoder / decoder layer in the backward
+    pass, 'none' | 'full' | 'dots' (see `layers.REMAT_POLICIES`); it changes
+    memory and speed, never the parameters or the results.
     """
 
     vocab_size: int = 32128
@@ -94,6 +97,7 @@ class T5Config:
     scale_tied_logits: bool = True
     layer_norm_epsilon: float = 1e-6
     dtype: str = "float32"
+    remat: str = "none"
     eos_id: int = 1
     pad_id: int = 0
     decoder_start_id: int = 0
@@ -123,6 +127,7 @@ class T5Config:
                               f"'gated-gelu' or '[gated-]<act>' with <act> in {sorted(ACTIVATIONS)}.")
         if self.relative_attention_num_buckets < 4 or self.relative_attention_max_distance < 2:
             raise ConfigError("T5 relative attention needs >= 4 buckets and max distance >= 2.")
+        check_remat(self.remat, "T5 config")
         return self
 
 
@@ -330,7 +335,8 @@ class Encoder(nn.Module):
     def setup(self):
         cfg = self.config
         self.relpos_bias = _relpos(cfg, bidirectional=True)
-        self.layers = [EncoderLayer(cfg) for _ in range(cfg.num_layers)]  # named layers_N
+        layer = remat_layer(EncoderLayer, cfg.remat)
+        self.layers = [layer(cfg) for _ in range(cfg.num_layers)]  # named layers_N
         self.encoder_norm = _norm(cfg)
 
     def __call__(self, x, mask, positions):
@@ -356,13 +362,18 @@ class DecoderLayer(nn.Module):
     def cross_kv(self, encoded):
         return self.encoder_decoder_attention.project_kv(encoded)
 
-    def __call__(self, y, self_bias, cross_kv, cross_bias, cache=None, index=None):
+    def __call__(self, y, self_bias, cross_kv, cross_bias, cache=None, index=None, encoded=None):
         """One decoder block.
 
+        `cross_kv`: the cross-attention keys/values, or None to project them
+        here from `encoded` (teacher forcing: under remat they are then
+        recomputed from the one encoder output instead of being stored per layer).
         Without `cache`, y is the whole [B, T, D] target prefix. With `cache`
         ((k, v) each [B, L, H, Dh]), y is the one step [B, 1, D] at `index`;
         its keys/values are written into the cache, which is returned.
         """
+        if cross_kv is None:
+            cross_kv = self.cross_kv(encoded)
         h = self.pre_self_attention_layer_norm(y)
         k, v = self.self_attention.project_kv(h)
         if cache is not None:
@@ -382,7 +393,8 @@ class Decoder(nn.Module):
     def setup(self):
         cfg = self.config
         self.relpos_bias = _relpos(cfg, bidirectional=False)
-        self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
+        layer = remat_layer(DecoderLayer, cfg.remat)  # only __call__ is rematerialized
+        self.layers = [layer(cfg) for _ in range(cfg.num_decoder_layers)]
         self.decoder_norm = _norm(cfg)
         if not cfg.tie_word_embeddings:
             self.logits_dense = Dense(cfg.vocab_size, ("embed", "vocab"), dtype=jnp.float32,
@@ -401,7 +413,7 @@ class Decoder(nn.Module):
         self_bias = self.relpos_bias(pos, pos) + mask_to_bias(causal_mask(t))
         cross_bias = mask_to_bias(enc_mask[:, None, None, :])
         for layer in self.layers:
-            y, _ = layer(y, self_bias, layer.cross_kv(encoded), cross_bias)
+            y, _ = layer(y, self_bias, None, cross_bias, encoded=encoded)
         return self.decoder_norm(y)
 
     def step(self, y, index, cache, cross_kv, enc_mask):
@@ -675,7 +687,8 @@ def _init_std(path: str, shape, config: T5Config) -> float | None:
 
 
 def from_preset(name: str, *, seed: int = 0, dtype=None, mesh=None,
-                spm_path: str | None = None, compute_dtype: str | None = None) -> T5Backbone:
+                spm_path: str | None = None, compute_dtype: str | None = None,
+                remat: str | None = None) -> T5Backbone:
     """Random-init T5 of a named shape (tests, benchmarks).
 
     Each parameter is drawn on the host (numpy, seeded) and placed on the
@@ -688,12 +701,15 @@ def from_preset(name: str, *, seed: int = 0, dtype=None, mesh=None,
       mesh: place params sharded by the logical rules.
       spm_path: a SentencePiece model for the vocabulary (else ByteVocabulary).
       compute_dtype: overrides the preset's compute dtype, e.g. "bfloat16".
+      remat: overrides the preset's rematerialization ('none', 'full', 'dots').
     """
     from ptransfer.checkpoints.tree import ParamTreeBuilder, flatten
 
     config = get_preset(name)
     if compute_dtype:
         config = dataclasses.replace(config, dtype=jnp.dtype(compute_dtype).name)
+    if remat:
+        config = dataclasses.replace(config, remat=remat)
     config.validate()
     shapes, axes = abstract_params(config)
     builder = ParamTreeBuilder(shapes, axes, dtype=dtype, mesh=mesh, source=f"preset {name}")

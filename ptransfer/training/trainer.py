@@ -42,7 +42,7 @@ import time
 import gin
 import numpy as np
 
-from ptransfer import atomic
+from ptransfer import atomic, fileio
 from ptransfer.errors import CheckpointError, ConfigError, PtransferError
 from ptransfer.training.optimizer import OptimizerConfig, make_optimizer
 
@@ -75,6 +75,15 @@ class TrainConfig:
                        name None: the model dir's base name)
     export:            'best' (by `best_metric`, the task's first metric by default)
                        or 'final' prompt into the bank entry
+    backbone_dtype:    storage dtype of the frozen weights (None: float32)
+    compute_dtype:     the backbone's activation / matmul dtype, e.g. 'bfloat16'
+                       (None: the backbone config's own, float32); part of the
+                       run's identity, since it changes the numbers
+    remat:             per-layer rematerialization of the backbone in the backward
+                       pass: 'none', 'full' (keep only layer inputs) or 'dots' (keep
+                       weight-matmul outputs); None: the backbone's own ('none').
+                       Memory and speed only, so not part of the run's identity: a
+                       run that ran out of memory may resume with remat on
     """
 
     backbone: str
@@ -87,6 +96,8 @@ class TrainConfig:
     optimizer: OptimizerConfig = OptimizerConfig()
     seed: int = 0
     backbone_dtype: str | None = None
+    compute_dtype: str | None = None
+    remat: str | None = None
     input_length: int = 128
     target_length: int = 16
     train_split: str = "train"
@@ -128,6 +139,14 @@ class TrainConfig:
             raise ConfigError("MODEL_DIR is empty; give a directory for checkpoints.")
         if self.eval_examples is not None and self.eval_examples <= 0:
             raise ConfigError(f"eval_examples must be positive or None, got {self.eval_examples}.")
+        if self.compute_dtype is not None:
+            from ptransfer.backbones import check_compute_dtype
+
+            check_compute_dtype(self.compute_dtype, "TrainConfig.compute_dtype (COMPUTE_DTYPE)")
+        if self.remat is not None:
+            from ptransfer.backbones.layers import check_remat
+
+            check_remat(self.remat, "TrainConfig.remat (REMAT)")
         return self
 
     def identity(self, init: str | None = None) -> dict:
@@ -136,6 +155,7 @@ class TrainConfig:
         `init`: the initializer with its settings (`prompts.describe_init`)."""
         return {
             "backbone": self.backbone, "backbone_dtype": self.backbone_dtype, "task": self.task,
+            "compute_dtype": self.compute_dtype,
             "prompt_length": self.prompt_length, "init_from": init or self.init_from,
             "seed": self.seed, "truncate_inputs": self.truncate_inputs,
             "batch_size": self.batch_size, "input_length": self.input_length,
@@ -283,16 +303,19 @@ class Trainer:
     def _load_backbone(self, mesh):
         import jax.numpy as jnp
 
-        from ptransfer.backbones import load_backbone
+        from ptransfer.backbones import configure_backbone, load_backbone
         from ptransfer.training.partitioning import shard_params
 
         if self._backbone is not None:
-            bb = self._backbone
+            # A shared backbone keeps its params; only the module's config changes.
+            bb = configure_backbone(self._backbone, compute_dtype=self.cfg.compute_dtype,
+                                    remat=self.cfg.remat)
             return bb, shard_params(bb.params, bb.logical_axes(), mesh)
         dtype = jnp.dtype(self.cfg.backbone_dtype) if self.cfg.backbone_dtype else None
         # The run's seed is the prompt's and the data order's, never the backbone's: a
         # preset is the same random model for every seed.
-        bb = load_backbone(resolve_backbone_spec(self.cfg.backbone), dtype=dtype, mesh=mesh)
+        bb = load_backbone(resolve_backbone_spec(self.cfg.backbone), dtype=dtype, mesh=mesh,
+                           compute_dtype=self.cfg.compute_dtype, remat=self.cfg.remat)
         return bb, bb.params
 
     def bank_run_name(self) -> str:
@@ -314,7 +337,7 @@ class Trainer:
         t_start = time.perf_counter()
         spec = self._task_spec()
         init_desc = prompts.describe_init(cfg.init_from)
-        model_dir = os.path.abspath(os.path.expanduser(cfg.model_dir))
+        model_dir = fileio.abspath(os.path.expanduser(cfg.model_dir))
         identity = cfg.identity(init_desc)
         checkpointing.check_run_identity(model_dir, identity, write=False)
 
@@ -377,9 +400,9 @@ class Trainer:
         writer_on = _primary()
         if writer_on:  # everything checked: this model dir now holds this run
             checkpointing.check_run_identity(model_dir, identity, write=True)
-        curve = metric_writers.JsonlCurve(os.path.join(model_dir, "metrics.jsonl"),
+        curve = metric_writers.JsonlCurve(fileio.join(model_dir, "metrics.jsonl"),
                                           resume_step=step) if writer_on else None
-        tb = metric_writers.TensorBoard(os.path.join(model_dir, "tb"), resume_step=step) \
+        tb = metric_writers.TensorBoard(fileio.join(model_dir, "tb"), resume_step=step) \
             if writer_on else None
         progress = metric_writers.Progress(cfg.train_steps, step, cfg.batch_size,
                                            desc=f"train {cfg.task}",
@@ -449,8 +472,8 @@ class Trainer:
         exported = best_np if cfg.export == "best" else final_np
         entry = None
         if writer_on:
-            atomic.write_npy(os.path.join(model_dir, "prompt.npy"), final_np)
-            atomic.write_npy(os.path.join(model_dir, "best_prompt.npy"), best_np)
+            atomic.write_npy(fileio.join(model_dir, "prompt.npy"), final_np)
+            atomic.write_npy(fileio.join(model_dir, "best_prompt.npy"), best_np)
             entry = self._write_bank(backbone, exported, init_desc, best_score, best_step, metric,
                                      curve.records)
         ckpt.close()
@@ -466,12 +489,12 @@ class Trainer:
         from ptransfer.transfer import bank
 
         cfg = self.cfg
-        bank_dir = cfg.bank_dir or os.path.join(cfg.model_dir, "bank")
+        bank_dir = cfg.bank_dir or fileio.join(cfg.model_dir, "bank")
         run = self.bank_run_name()
-        model_dir = os.path.abspath(cfg.model_dir)
+        model_dir = fileio.abspath(cfg.model_dir)
         path = bank.entry_dir(bank_dir, backbone.name, cfg.task, run)
         overwrite = False
-        if os.path.exists(path) and bank.is_complete(path):
+        if fileio.exists(path) and bank.is_complete(path):
             other = bank.read_entry(path)[1].get("provenance", {}).get("model_dir")
             if other != model_dir:
                 raise CheckpointError(
