@@ -128,17 +128,24 @@ def check_width(prompt: np.ndarray, backbone, source: str) -> np.ndarray:
 
 
 def load_prompt_file(path: str) -> tuple[np.ndarray, dict]:
-    """A prompt from `.npy`, a bank entry dir or a PEFT adapter dir: (float [L, D], meta)."""
+    """A prompt from `.npy`, a bank entry dir or a PEFT adapter dir: (float [L, D], meta).
+
+    `.npy` files, bank entries and trainer model dirs may be on gs:// (`fileio`);
+    PEFT adapter dirs are read locally."""
+    import io
+
+    from ptransfer import fileio
+
     path = os.path.expanduser(path)
-    if os.path.isdir(path):
+    if fileio.isdir(path):
         from ptransfer.transfer import peft_format
 
-        if os.path.exists(os.path.join(path, peft_format.CONFIG_FILE)):
+        if fileio.exists(fileio.join(path, peft_format.CONFIG_FILE)):
             prompt, config = peft_format.import_peft(path)
             return prompt, {"peft_config": config}
-        if os.path.exists(os.path.join(path, "run_identity.json")):  # a trainer's model dir
-            best = os.path.join(path, "best_prompt.npy")
-            if not os.path.isfile(best):
+        if fileio.exists(fileio.join(path, "run_identity.json")):  # a trainer's model dir
+            best = fileio.join(path, "best_prompt.npy")
+            if not fileio.isfile(best):
                 raise DataError(f"model dir {path} has no best_prompt.npy yet (the run has not "
                                 "finished); use its bank entry or a finished run.")
             return load_prompt_file(best)
@@ -146,14 +153,14 @@ def load_prompt_file(path: str) -> tuple[np.ndarray, dict]:
 
         prompt, meta, _ = bank.read_entry(path)
         return prompt, meta
-    if not os.path.isfile(path):
+    if not fileio.isfile(path):
         raise DataError(f"prompt file {path!r} does not exist; give a .npy file, a prompt bank "
                         "entry directory or a PEFT adapter directory.")
     if path.endswith((".pt", ".bin", ".pth", ".pkl", ".pickle")):
         raise CheckpointError(f"{path}: pickled files are never loaded; save the prompt as .npy "
                               "(numpy.save(path, array)) or safetensors.")
     try:
-        prompt = np.load(path, allow_pickle=False)
+        prompt = np.load(io.BytesIO(fileio.read_bytes(path)), allow_pickle=False)
     except ValueError as e:
         raise CheckpointError(f"{path} is not a plain .npy array ({e}); object arrays and "
                               "pickles are refused. Save a float32 [L, D] array with numpy.save.") from None
@@ -288,7 +295,7 @@ def parse_init_from(init_from: str) -> tuple[str, str]:
     if not sep and init_from in _INITIALIZERS:
         return init_from, ""
     if init_from.endswith(".npy") or os.path.isdir(init_from) or os.sep in init_from:
-        return "file", init_from
+        return "file", init_from  # also gs://... (a bare remote path contains '/')
     raise ConfigError(f"unknown INIT_FROM {init_from!r}: use one of random, vocab, labels, "
                       "text:<string>, file:<path>, projected:<path>."
                       + close_matches_hint(scheme, _INITIALIZERS))

@@ -295,3 +295,19 @@ def test_bank_cli_on_a_ram_bank(ram, tmp_path, capsys):
     assert bank_main(["bank", "import", "--bank", root, adapter, "--backbone", "bb",
                       "--task", "mr", "--run", "from_peft"]) == 0
     np.testing.assert_array_equal(bank.read_entry(f"{root}/bb/mr/from_peft")[0], _prompt())
+
+
+def test_prompt_init_from_a_ram_bank_entry_and_npy(ram):
+    """TPT's INIT_FROM may name a bank entry or a .npy on a remote path."""
+    from ptransfer import prompts
+    from ptransfer.transfer import bank
+
+    entry = bank.write_entry(f"{ram}/bank", "t5_tiny", "mr", "seed0", _prompt(3), META, CURVE)
+    prompt, meta = prompts.load_prompt_file(entry)
+    np.testing.assert_array_equal(prompt, _prompt(3))
+    assert meta["task"] == "mr"
+    atomic.write_npy(f"{ram}/p.npy", _prompt(4))
+    assert prompts.parse_init_from(f"{ram}/p.npy") == ("file", f"{ram}/p.npy")
+    np.testing.assert_array_equal(prompts.load_prompt_file(f"{ram}/p.npy")[0], _prompt(4))
+    with pytest.raises(DataError, match="does not exist"):
+        prompts.load_prompt_file(f"{ram}/missing.npy")
