@@ -86,3 +86,25 @@ def test_family_means_skip_targets_without_their_own_prompt():
     fm = family_means(cross)
     assert fm == {"sentiment_to_sentiment": None, "sentiment_to_other": 0.5,
                   "random_prompt": pytest.approx(0.7)}
+
+
+def _pair(pt, tpt, comparable):
+    return {"source": "mr", "target": "tweets",
+            "pt": {"curves": {"0": pt}}, "tpt": {"curves": {"0": tpt}},
+            "mean_convergence_speedup": 1.0, "mean_comparable_speedup": comparable,
+            "pt_best": max(v for _, v in pt), "tpt_best": max(v for _, v in tpt),
+            "head_start": tpt[0][1] - pt[0][1]}
+
+
+def test_tpt_reading_states_head_start_and_its_loss_from_the_curves():
+    from ptransfer.report.markdown import _reading_tpt
+
+    pt = [[0, 57.5], [5, 70.0], [10, 87.25]]
+    lost = _reading_tpt({"pairs": [_pair(pt, [[0, 79.5], [5, 54.25], [10, 82.5]], None)]})[0]
+    assert lost.startswith("mr→tweets: TPT started 22.0 points above vanilla PT")
+    assert "fell by 25.2 points over its first 5 updates" in lost
+    assert "never reached PT's best (87.2; TPT's best 82.5)" in lost
+    kept = _reading_tpt({"pairs": [_pair(pt, [[0, 60.0], [5, 61.0], [10, 80.0]], None)]})[0]
+    assert "2.5 points above" in kept and "fell" not in kept
+    reached = _reading_tpt({"pairs": [_pair(pt, [[0, 60.0], [5, 88.0]], 2.0)]})[0]
+    assert "2.00× as fast (faster)" in reached

@@ -79,19 +79,42 @@ def _reading_transfer(cross_task: dict) -> list[str]:
     return out
 
 
+def _first_update_change(pair: dict) -> tuple[int, float] | None:
+    """(step, mean over seeds of TPT's score there minus at step 0) at TPT's first
+    evaluation after training began, or None without two evaluations."""
+    steps, deltas = set(), []
+    for curve in pair["tpt"]["curves"].values():
+        if len(curve) >= 2:
+            steps.add(int(curve[1][0]))
+            deltas.append(curve[1][1] - curve[0][1])
+    return (min(steps), mean(deltas)) if deltas and len(steps) == 1 else None
+
+
 def _reading_tpt(tpt: dict) -> list[str]:
     out = []
     for pair in tpt["pairs"]:
         conv, comp = pair.get("mean_convergence_speedup"), pair.get("mean_comparable_speedup")
         name = f"{pair['source']}→{pair['target']}"
+        head = pair.get("head_start")
         if comp is None:
-            out.append(f"{name}: TPT never reached vanilla PT's best score within the budget "
-                       "(comparable-result speedup n/a), so this pair shows no speedup.")
+            text = f"{name}: "
+            if head is not None:
+                text += (f"TPT started {abs(head):.1f} points {'above' if head >= 0 else 'below'} "
+                         "vanilla PT before training")
+                change = _first_update_change(pair)
+                if change is not None and head > 0 and change[1] < 0:
+                    text += (f", but its score fell by {-change[1]:.1f} points over its first "
+                             f"{change[0]} updates")
+                text += "; "
+            text += (f"it never reached PT's best ({_fmt(pair.get('pt_best'), 1)}; TPT's best "
+                     f"{_fmt(pair.get('tpt_best'), 1)}) within the budget, so the comparable-result "
+                     "speedup is n/a and this pair shows no speedup.")
+            out.append(text)
         else:
             faster = "faster" if comp > 1 else ("no faster" if comp == 1 else "slower")
             out.append(f"{name}: TPT reached PT's best score {comp:.2f}× as fast ({faster}); "
                        f"convergence speedup {_fmt(conv, 2)}; head start at the first evaluation "
-                       f"{_fmt(pair.get('head_start'), 3)}.")
+                       f"{_fmt(head, 3)}.")
     return out
 
 
@@ -168,11 +191,12 @@ def write_report(results_dir: str, out_path: str | None = None) -> str:
 
     if tpt:
         md += ["## Transfer as initialization", "",
-               _table(["source → target", "seeds", "conv. speedup", "comparable speedup",
-                       "PT best", "TPT best"],
+               _table(["source → target", "seeds", "head start at step 0", "conv. speedup",
+                       "comparable speedup", "PT best", "TPT best"],
                       [[f"{p['source']} → {p['target']}", len(p["pt"]["curves"]),
-                        p.get("mean_convergence_speedup"), p.get("mean_comparable_speedup"),
-                        p.get("pt_best"), p.get("tpt_best")] for p in tpt["pairs"]]), ""]
+                        p.get("head_start"), p.get("mean_convergence_speedup"),
+                        p.get("mean_comparable_speedup"), p.get("pt_best"), p.get("tpt_best")]
+                       for p in tpt["pairs"]]), ""]
         for p in tpt["pairs"]:
             name = f"curves_{p['source']}_to_{p['target']}.png"
             plots.tpt_curves(p, path(name))
