@@ -108,3 +108,29 @@ def test_tpt_reading_states_head_start_and_its_loss_from_the_curves():
     assert "2.5 points above" in kept and "fell" not in kept
     reached = _reading_tpt({"pairs": [_pair(pt, [[0, 60.0], [5, 88.0]], 2.0)]})[0]
     assert "2.00× as fast (faster)" in reached
+
+
+def _cross(within_rel, across_rel, own_spam=60.0):
+    types = {"mr": "sentiment", "tweets": "sentiment", "sms_spam": "spam"}
+    rel = {"mr": {"mr": 1.0, "tweets": within_rel, "sms_spam": across_rel},
+           "tweets": {"mr": within_rel, "tweets": 1.0, "sms_spam": across_rel},
+           "sms_spam": {"mr": 0.8, "tweets": 0.8, "sms_spam": 1.0}}
+    scores = {"mr": {"mr": 85.0}, "tweets": {"tweets": 84.0}, "sms_spam": {"sms_spam": own_spam}}
+    return {"sources": list(types), "targets": list(types), "task_types": types,
+            "relative": rel, "scores": scores,
+            "baselines": {"no_prompt": {"mr": 80.0, "tweets": 70.0, "sms_spam": 56.0}},
+            "baselines_relative": {"random_prompt": {"mr": 0.6, "tweets": 0.6, "sms_spam": 0.6}}}
+
+
+def test_transfer_reading_grades_the_gap_and_flags_weak_own_prompts():
+    from ptransfer.report.markdown import _reading_transfer
+
+    far = " ".join(_reading_transfer(_cross(0.97, 0.70)))
+    assert "0.97" in far and "0.70" in far and "far better" in far
+    modest = " ".join(_reading_transfer(_cross(0.99, 0.92)))
+    assert "with a modest gap" in modest and "far better" not in modest
+    unclear = " ".join(_reading_transfer(_cross(0.95, 0.93)))
+    assert "did not reproduce clearly" in unclear
+    assert "sms_spam" not in " ".join(_reading_transfer(_cross(0.97, 0.7, own_spam=60.0)))
+    weak = " ".join(_reading_transfer(_cross(0.97, 0.7, own_spam=54.8)))
+    assert "Relative transfer to sms_spam is measured against an own prompt" in weak
