@@ -35,7 +35,7 @@ case " $* " in
   *" ssh "*"ptransfer train"*)
     case ${FAKE_FAIL:-} in
       train) echo "worker 3: RESOURCE_EXHAUSTED" >&2; exit 7 ;;
-      hang) sleep 30 ;;
+      hang) : > "$FAKE_GCLOUD_LOG.hanging"; exec sleep 30 ;;
     esac ;;
   *" ssh "*) [[ ${FAKE_FAIL:-} == setup ]] && exit 5 ;;
 esac
@@ -264,8 +264,11 @@ def test_interrupt_during_training_deletes_the_slice(fake_gcloud):
                             "FAKE_FAIL": "hang"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
+        # Interrupt only once the training step is really running (the fake has
+        # become `sleep`), not while it is still starting.
+        hanging = Path(env["FAKE_GCLOUD_LOG"] + ".hanging")
         deadline = time.time() + 30
-        while verbs_of(calls()).count("ssh") < 2:
+        while not hanging.exists() or verbs_of(calls()).count("ssh") < 2:
             assert time.time() < deadline and proc.poll() is None, "training step never started"
             time.sleep(0.1)
         time.sleep(0.3)
