@@ -258,11 +258,21 @@ def test_existing_slice_is_never_deleted(fake_gcloud):
     assert verbs_of(calls()) == ["describe"]
 
 
+def _interactive_signals():
+    """In the child: SIGINT / SIGTERM as a user's terminal delivers them. A test
+    worker may have them ignored or blocked (by libraries loaded by earlier tests),
+    and bash cannot trap a signal that was ignored when it started."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def test_interrupt_during_training_deletes_the_slice(fake_gcloud):
     env, args, calls, _ = fake_gcloud
     proc = subprocess.Popen(["bash", str(TPU_POD), *args], env={**os.environ, **env,
                             "FAKE_FAIL": "hang"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_interactive_signals)
     try:
         # Interrupt only once the training step is really running (the fake has
         # become `sleep`), not while it is still starting.

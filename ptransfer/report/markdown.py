@@ -61,12 +61,12 @@ def family_means(cross_task: dict) -> dict[str, float | None]:
 
 def _own_prompt_below_no_prompt(cross_task: dict) -> list[str]:
     """Targets whose own prompt scored <= the no-prompt baseline."""
-    base = cross_task.get("baselines", {}).get("no_prompt", {})
+    no_prompt = cross_task.get("baselines", {}).get("no_prompt", {})
     out = []
-    for target, row in ((t, cross_task["scores"].get(t, {})) for t in cross_task.get("sources", [])):
-        own, none = row.get(target), base.get(target)
+    for task in cross_task.get("sources", []):
+        own, none = cross_task["scores"].get(task, {}).get(task), no_prompt.get(task)
         if own is not None and none is not None and own <= none:
-            out.append(target)
+            out.append(task)
     return out
 
 

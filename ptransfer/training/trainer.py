@@ -415,13 +415,13 @@ class Trainer:
                                 "opt_state": jax.tree_util.tree_leaves(opt_state), "rng": rng},
                       meta, score=score)
 
-        eval_time = [0.0]
+        eval_seconds = 0.0
 
         def evaluate(at_step, loss=None):
-            nonlocal best_score, best_step, best_prompt
+            nonlocal best_score, best_step, best_prompt, eval_seconds
             t_eval = time.perf_counter()
             metrics = scorer.evaluate(prompt, eval_set)
-            eval_time[0] += time.perf_counter() - t_eval
+            eval_seconds += time.perf_counter() - t_eval
             if metric not in metrics:
                 raise ConfigError(f"best_metric {metric!r} is not among the task's metrics "
                                   f"({', '.join(metrics)}).")
@@ -443,6 +443,7 @@ class Trainer:
             score, _ = evaluate(0)
             save(0, score)
 
+        eval_before_loop = eval_seconds
         t_loop, step_loop = time.perf_counter(), step
         loss_value = None
         try:
@@ -486,10 +487,11 @@ class Trainer:
                                      curve.records)
         ckpt.close()
         wall = time.perf_counter() - t_start
+        loop_eval = eval_seconds - eval_before_loop
         log.info("%s: %.1fs in all: setup %.1fs, %d steps %.1fs, evaluation %.1fs, "
                  "saving and export %.1fs", cfg.task, wall, setup_time, trained_steps,
-                 loop_time - eval_time[0], eval_time[0],
-                 wall - setup_time - loop_time)
+                 loop_time - loop_eval, eval_seconds,
+                 wall - setup_time - loop_time - eval_before_loop)
         return TrainResult(final_prompt=final_np, best_prompt=best_np, best_score=best_score,
                            best_step=best_step, metric=metric,
                            curve=list(curve.records) if curve else [], steps=step,
