@@ -267,6 +267,8 @@ def _interactive_signals():
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
+# preexec_fn makes subprocess fork; the child only resets two signals and execs bash.
+@pytest.mark.filterwarnings(r"ignore:os\.fork\(\) was called:RuntimeWarning")
 def test_interrupt_during_training_deletes_the_slice(fake_gcloud):
     env, args, calls, _ = fake_gcloud
     proc = subprocess.Popen(["bash", str(TPU_POD), *args], env={**os.environ, **env,
