@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -46,3 +47,13 @@ def write_results(name: str, payload: dict, path: str | None = None) -> str:
         json.dump(payload, f, indent=2)
     os.replace(tmp, path)
     return path
+
+
+def close_workers(*workers, scratch_dir: str | None = None) -> None:
+    """Closes the benchmark's side workers (None entries skipped) and removes its
+    scratch directory (e.g. the PEFT export), whatever happened before."""
+    for worker in workers:
+        if worker is not None:
+            worker.close()
+    if scratch_dir:
+        shutil.rmtree(scratch_dir, ignore_errors=True)

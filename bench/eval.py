@@ -19,7 +19,6 @@ printed and bounded); the methods alternate within each repetition.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 
@@ -95,11 +94,7 @@ def run_model(model: str, examples: int, batch: int, reps: int, threads: int, wi
         if with_peft:
             rec["peft_peak_rss_mb"] = peft_w.call("eval_finish")["peak_rss_mb"]
     finally:
-        jax_w.close()
-        if peft_w is not None:
-            peft_w.close()
-        if export_dir:
-            shutil.rmtree(export_dir, ignore_errors=True)
+        common.close_workers(jax_w, peft_w, scratch_dir=export_dir)
     rec["load_after"] = common.load_average()
     return rec
 

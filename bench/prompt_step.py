@@ -17,7 +17,6 @@ same buffers (never copied or donated), and prints the ratio ptransfer/PEFT.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 
@@ -79,11 +78,7 @@ def run_shape(name: str, steps: int, warmup: int, threads: int, vs_peft: bool, s
             rec["loss0_ptransfer"] = rec["ptransfer_warmup"]["loss0"]
             rec["loss0_peft"] = rec["peft_warmup"]["loss0"]
     finally:
-        jax_w.close()
-        if peft_w is not None:
-            peft_w.close()
-        if export_dir:
-            shutil.rmtree(export_dir, ignore_errors=True)
+        common.close_workers(jax_w, peft_w, scratch_dir=export_dir)
     rec["load_after"] = common.load_average()
     return rec
 
