@@ -22,7 +22,9 @@ install: $(STAMP)
 assets: $(STAMP)
 	$(PTRANSFER) assets fetch
 
+# lint-imports checks the one-way layers (contracts in pyproject.toml).
 test: assets
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -n 2 --durations=15
 
 demo: assets

@@ -43,9 +43,10 @@ def main(argv=None) -> int:
 
     from ptransfer import scoring
     from ptransfer.backbones import load_backbone
-    from ptransfer.training import gin_setup
-    from ptransfer.training.trainer import (Trainer, build_train_config, default_truncation,
-                                            load_task, resolve_backbone_spec)
+    from ptransfer.cli import gin_setup
+    from ptransfer.data import default_truncation, load_task
+    from ptransfer.backbones import resolve_backbone_spec
+    from ptransfer.training.trainer import Trainer, build_train_config
     import tasks
 
     model_dir = args.out or tempfile.mkdtemp(prefix="pt_smollm2_")

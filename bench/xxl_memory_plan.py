@@ -116,7 +116,7 @@ def abstract_inputs(backbone, optimizer, mesh, args):
     import numpy as np
 
     from ptransfer.backbones import t5
-    from ptransfer.training import partitioning
+    from ptransfer.core import sharding as partitioning
 
     shapes, axes = t5.abstract_params(backbone.config)
     shardings = partitioning.param_shardings(shapes, axes, mesh)
@@ -172,7 +172,8 @@ def compiler_options(args) -> dict | None:
 
 def plan_one(backbone, optimizer, data: int, model: int, args) -> dict:
     """Compiles the step on a data x model mesh and returns its memory figures."""
-    from ptransfer.training import partitioning, trainer
+    from ptransfer.core import sharding as partitioning
+    from ptransfer.training import trainer
 
     mesh = partitioning.make_mesh(data, model)
     partitioning.check_batch_divisible(args.batch_size, mesh)

@@ -42,7 +42,11 @@ from typing import Callable, Sequence
 import gin
 import numpy as np
 
-from ptransfer.errors import CheckpointError, ConfigError, DataError, close_matches_hint
+from ptransfer.bank import peft_format
+from ptransfer.bank import store as bank
+from ptransfer.core import fileio
+from ptransfer.core.errors import CheckpointError, ConfigError, DataError, close_matches_hint
+from ptransfer.projector.model import Projector
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +96,18 @@ def embedding_std(backbone) -> float:
     return float(std)
 
 
+def random_prompt_like(prompts, seed: int = 0) -> np.ndarray:
+    """The random-prompt baseline: a Gaussian float32 prompt [L, D] whose Frobenius
+    norm is the mean norm of `prompts` ([L, D], or [K, L, D] for several)."""
+    prompts = np.asarray(prompts, np.float32)
+    if prompts.ndim == 2:
+        prompts = prompts[None]
+    rng = np.random.default_rng(seed)
+    out = rng.standard_normal(prompts.shape[1:]).astype(np.float32)
+    target = float(np.mean(np.linalg.norm(prompts.reshape(len(prompts), -1), axis=1)))
+    return out * (target / float(np.linalg.norm(out)))
+
+
 def _cycle(rows: np.ndarray, length: int) -> np.ndarray:
     """[N, D] -> [length, D] by repeating rows in order (truncating when N > length)."""
     reps = -(-length // len(rows))
@@ -134,12 +150,8 @@ def load_prompt_file(path: str) -> tuple[np.ndarray, dict]:
     PEFT adapter dirs are read locally."""
     import io
 
-    from ptransfer import fileio
-
     path = os.path.expanduser(path)
     if fileio.isdir(path):
-        from ptransfer.transfer import peft_format
-
         if fileio.exists(fileio.join(path, peft_format.CONFIG_FILE)):
             prompt, config = peft_format.import_peft(path)
             return prompt, {"peft_config": config}
@@ -149,8 +161,6 @@ def load_prompt_file(path: str) -> tuple[np.ndarray, dict]:
                 raise DataError(f"model dir {path} has no best_prompt.npy yet (the run has not "
                                 "finished); use its bank entry or a finished run.")
             return load_prompt_file(best)
-        from ptransfer.transfer import bank
-
         prompt, meta, _ = bank.read_entry(path)
         return prompt, meta
     if not fileio.isfile(path):
@@ -265,8 +275,6 @@ def from_projected(ctx: InitContext, arg: str = "", *, path: str | None = None,
         raise ConfigError("INIT_FROM='projected:<path>' needs a path.")
     prompt, meta = load_prompt_file(arg)
     if projector:
-        from ptransfer.transfer.projector import Projector
-
         proj = Projector.load(projector)
         proj.check_source_prompt(prompt, f"source prompt {arg}")
         prompt = proj.project(prompt, target=ctx.backbone)

@@ -24,10 +24,12 @@ import time
 from typing import Any, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ptransfer.errors import ConfigError, DataError
+from ptransfer import data
+from ptransfer.core import sharding
+from ptransfer.core.errors import ConfigError, DataError
+from tasks import compute_metrics
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +84,10 @@ def build_eval_set(task, spec, backbone, split: str, max_examples: int | None,
                    mlm: bool = False, chunk: int = 256) -> EvalSet:
     """The first `max_examples` of `split` in the split's fixed order (None: all),
     converted once to padded arrays, with the label candidates or references."""
-    from ptransfer import features
-
     want = None if max_examples is None else int(max_examples)
     rows: dict[str, list] = {}
     n = 0
-    stream = features.iterate_batches(task, split, chunk if want is None else min(chunk, want),
+    stream = data.iterate_batches(task, split, chunk if want is None else min(chunk, want),
                                       lengths, shuffle=False, repeat=False,
                                       truncate_inputs=truncate_inputs)
     for batch in stream:
@@ -105,10 +105,10 @@ def build_eval_set(task, spec, backbone, split: str, max_examples: int | None,
     kw: dict[str, Any] = {}
     if spec.is_classification:
         kw["labels"] = arrays["label"].astype(np.int32)
-        kw["candidates"], kw["candidates_mask"] = features.label_candidates(
+        kw["candidates"], kw["candidates_mask"] = data.label_candidates(
             spec, backbone.vocab, backbone.add_eos_to_targets, int(lengths["targets"]), mlm=mlm)
     else:
-        refs = features.references(task, split)
+        refs = data.references(task, split)
         kw["references"] = refs[:len(arrays["inputs"])]
         kw["max_decode_len"] = int(lengths["targets"])
     return EvalSet(spec=spec, split=split, inputs=arrays["inputs"].astype(np.int32),
@@ -117,14 +117,6 @@ def build_eval_set(task, spec, backbone, split: str, max_examples: int | None,
 
 # ---- the scorer --------------------------------------------------------------
 
-def _cached(backbone, key, build):
-    """A jitted function per (backbone object, key), so repeated Scorers share compilations."""
-    cache = backbone.__dict__.setdefault("_ptransfer_jit_cache", {})
-    if key not in cache:
-        cache[key] = build()
-    return cache[key]
-
-
 def to_host(x) -> np.ndarray:
     """A (possibly multi-host) jax.Array -> numpy, gathered across processes when needed."""
     if getattr(x, "is_fully_addressable", True):
@@ -132,13 +124,6 @@ def to_host(x) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def _put(x: np.ndarray, sharding):
-    """A host array every process holds in full -> a jax.Array with `sharding`."""
-    if sharding is None:
-        return jnp.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
 class Scorer:
@@ -162,20 +147,18 @@ class Scorer:
         self.mesh = mesh
         self.prompts_per_call = max(1, int(prompts_per_call))
         if mesh is not None:
-            from ptransfer.training import partitioning
-
-            partitioning.check_batch_divisible(self.batch_size, mesh)
-            self._batch_sharding = partitioning.batch_sharding(mesh)
-            self._replicated = partitioning.replicated(mesh)
+            sharding.check_batch_divisible(self.batch_size, mesh)
+            self._batch_sharding = sharding.batch_sharding(mesh)
+            self._replicated = sharding.replicated(mesh)
         else:
             self._batch_sharding = self._replicated = None
         bb = backbone
-        self._score = _cached(bb, "score", lambda: jax.jit(bb.score_candidates))
-        self._score_stack = _cached(bb, ("score_stack", self.prompts_per_call), lambda: jax.jit(
+        self._score = bb.compiled("score", lambda: jax.jit(bb.score_candidates))
+        self._score_stack = bb.compiled(("score_stack", self.prompts_per_call), lambda: jax.jit(
             lambda params, prompts, i, im, c, cm: jax.lax.map(
                 lambda p: bb.score_candidates(params, p, i, im, c, cm), prompts,
                 batch_size=self.prompts_per_call)))
-        self._decode = _cached(bb, "decode", lambda: jax.jit(bb.greedy_decode, static_argnums=(4,)))
+        self._decode = bb.compiled("decode", lambda: jax.jit(bb.greedy_decode, static_argnums=(4,)))
 
     # -- batching -----------------------------------------------------------
 
@@ -187,21 +170,21 @@ class Scorer:
             stop = min(start + bs, n)
             idx = np.arange(start, start + bs)
             idx[idx >= n] = 0
-            yield (start, stop - start, _put(eval_set.inputs[idx], self._batch_sharding),
-                   _put(eval_set.inputs_mask[idx], self._batch_sharding))
+            yield (start, stop - start, sharding.place_host_array(eval_set.inputs[idx], self._batch_sharding),
+                   sharding.place_host_array(eval_set.inputs_mask[idx], self._batch_sharding))
 
     def _prompt(self, prompt):
         if prompt is None:
             return None
         prompt = np.asarray(prompt, np.float32)
         self.backbone.check_prompt(prompt)
-        return _put(prompt, self._replicated)
+        return sharding.place_host_array(prompt, self._replicated)
 
     def _candidates(self, eval_set: EvalSet):
         if eval_set.candidates is None:
             raise ConfigError(f"task {eval_set.task!r} has no label words to rank.")
-        return (_put(eval_set.candidates, self._replicated),
-                _put(eval_set.candidates_mask, self._replicated))
+        return (sharding.place_host_array(eval_set.candidates, self._replicated),
+                sharding.place_host_array(eval_set.candidates_mask, self._replicated))
 
     # -- raw outputs --------------------------------------------------------
 
@@ -221,7 +204,7 @@ class Scorer:
         if prompts.ndim != 3:
             raise ConfigError(f"a prompt stack must be [K, L, D], got {prompts.shape}.")
         self.backbone.check_prompt(prompts[0])
-        ps = _put(prompts, self._replicated)
+        ps = sharding.place_host_array(prompts, self._replicated)
         c, cm = self._candidates(eval_set)
         out = np.zeros((len(prompts), eval_set.size, len(eval_set.candidates)), np.float32)
         for start, n, x, xm in self._batches(eval_set):
@@ -243,8 +226,6 @@ class Scorer:
     @staticmethod
     def metrics_from_scores(scores: np.ndarray, eval_set: EvalSet) -> dict[str, float]:
         """The task's metrics from [N, C] rank-classification log-likelihoods."""
-        from tasks import compute_metrics
-
         predictions = np.argmax(scores, axis=-1)
         return {k: float(v) for k, v in
                 compute_metrics(eval_set.spec, eval_set.labels.tolist(), predictions.tolist()).items()}
@@ -269,8 +250,6 @@ class Scorer:
         return [self.evaluate(p, eval_set) for p in np.asarray(prompts)]
 
     def _generation_metrics(self, ids: np.ndarray, eval_set: EvalSet) -> dict[str, float]:
-        from tasks import compute_metrics
-
         vocab = self.backbone.vocab
         predictions = [vocab.decode([int(t) for t in row if t > 0]).strip() for row in ids]
         return {k: float(v) for k, v in

@@ -12,12 +12,22 @@ scheme, data layout and split sizes.
 """
 
 from tasks.metrics import compute_metrics
-from tasks.specs import (CORPUS_TASKS, MASK_SLOT, PAPER_TASKS, SPECS, TYPES, TaskSpec, get_spec,
-                         task_names, tasks_of_type)
+from tasks.specs import (
+    CORPUS_TASKS,
+    MASK_SLOT,
+    PAPER_TASKS,
+    SPECS,
+    TYPES,
+    TaskSpec,
+    get_spec,
+    task_names,
+    tasks_of_type,
+)
 
 
 def get_task(name, vocabulary, *, add_eos: bool, data_dir=None, cache_dir=None, mlm=None):
     """See `tasks.registry.get_task`."""
+    # Imported on use: the registry imports TensorFlow, the spec registry does not.
     from tasks import registry
 
     return registry.get_task(name, vocabulary, add_eos=add_eos, data_dir=data_dir,

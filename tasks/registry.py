@@ -7,7 +7,7 @@ Naming scheme (the dataset name stays the key everywhere else):
 
 `vocab_key` names the vocabulary: `byte` for seqio.ByteVocabulary,
 `spm<hash>` for a SentencePiece model, `tok<hash>` for a vocabulary with a
-`fingerprint` (ptransfer.vocab.TokenizersVocabulary). `eos` means EOS is
+`fingerprint` (ptransfer.core.vocab.TokenizersVocabulary). `eos` means EOS is
 appended to both inputs and targets (T5); `noeos` appends none (decoder-only
 and masked LMs). The `__mlm...` form renders the task's MLM template: start
 token, the text before the mask slot, the mask token, the text after it, end
@@ -31,7 +31,8 @@ import string
 import seqio
 import tensorflow as tf
 
-from ptransfer.errors import ConfigError, DataError
+from ptransfer.core.errors import ConfigError, DataError
+from ptransfer.core.vocab import check_single_token_label_words
 from tasks import corpora, release_files
 from tasks.metrics import seqio_metric_fns
 from tasks.sources import asset_cache_dir, resolve_data_dir
@@ -104,6 +105,12 @@ def seqio_task_name(name: str, vocabulary, *, add_eos: bool, mlm=None) -> str:
         ids = MlmIds.of(mlm)
         out += f"__mlm{ids.bos_id}_{ids.mask_id}_{ids.eos_id}"
     return out
+
+
+def find_registered(task_or_name) -> RegisteredTask | None:
+    """The RegisteredTask of a seqio task made by `get_task` (or its name); None
+    for any other seqio task."""
+    return _REGISTERED.get(getattr(task_or_name, "name", task_or_name))
 
 
 def registered(task_or_name) -> RegisteredTask:
@@ -285,8 +292,6 @@ def check_mlm_form(spec: TaskSpec, vocabulary: seqio.Vocabulary) -> None:
     if not spec.mlm_label_words:
         raise ConfigError(f"task {spec.name!r} has a masked-LM template but no mlm_label_words; "
                           "declare one single-token label word per label.")
-    from ptransfer.backbones.mlm import check_single_token_label_words
-
     check_single_token_label_words(vocabulary, spec.mlm_label_words, spec.name)
 
 
@@ -300,7 +305,7 @@ def get_task(name, vocabulary: seqio.Vocabulary, *, add_eos: bool, data_dir: str
       add_eos: append EOS to inputs and targets (T5: True; decoder-only: False).
       data_dir: root of TFDS-prepared data and release files
         (`tasks.sources.resolve_data_dir`).
-      cache_dir: the offline asset cache (default `ptransfer.assets.cache_dir()`).
+      cache_dir: the offline asset cache (default `ptransfer.core.assets.cache_dir()`).
       mlm: MlmIds (or an object with bos_id / mask_id / eos_id) to build the
         masked-LM form; inputs then carry those special ids themselves and
         add_eos applies to nothing.

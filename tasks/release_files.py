@@ -20,7 +20,7 @@ import os
 import random
 import xml.etree.ElementTree as ET
 
-from ptransfer.errors import DataError
+from ptransfer.core.errors import DataError
 from tasks.sources import ReleaseFiles
 from tasks.splitting import SPLIT_SEED, normalize_text
 

@@ -22,7 +22,8 @@ import glob
 import os
 from typing import Mapping
 
-from ptransfer.errors import DataError
+from ptransfer.core import assets
+from ptransfer.core.errors import DataError
 
 
 def resolve_data_dir(data_dir: str | None = None) -> str:
@@ -33,11 +34,9 @@ def resolve_data_dir(data_dir: str | None = None) -> str:
 
 
 def asset_cache_dir(cache: str | None = None) -> str:
-    """The offline asset cache (`ptransfer.assets.cache_dir()` unless given)."""
+    """The offline asset cache (`ptransfer.core.assets.cache_dir()` unless given)."""
     if cache:
         return os.path.abspath(os.path.expanduser(cache))
-    from ptransfer import assets
-
     return assets.cache_dir()
 
 

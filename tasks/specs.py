@@ -15,7 +15,7 @@ import dataclasses
 import string
 from typing import Mapping
 
-from ptransfer.errors import ConfigError, close_matches_hint
+from ptransfer.core.errors import ConfigError, close_matches_hint
 from tasks.corpora import HUTTO_FILES, RT_FILE, SMS_FILE, TREC_FILE
 from tasks.sources import OfflineCorpus, ReleaseFiles, TfdsSource
 
@@ -300,3 +300,8 @@ def tasks_of_type(task_type: str, *, paper_only: bool = True) -> tuple[str, ...]
         raise ConfigError(f"unknown task type {task_type!r}."
                           + close_matches_hint(task_type, TYPES))
     return tuple(s.name for s in _SPECS if s.type == task_type and (s.paper or not paper_only))
+
+
+def registered_mlm_label_words() -> tuple[str, ...]:
+    """Every masked-LM label word of the built-in tasks, sorted."""
+    return tuple(sorted({w for spec in SPECS.values() for w in spec.mlm_label_words}))

@@ -125,10 +125,10 @@ def train_argv(model_dir: str, data_dir: str, **macros) -> list[str]:
 
 
 def popen_cli(argv, env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ptransfer.cli", *argv], env=env, cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "ptransfer.cli.main", *argv], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def run_cli(argv, env, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ptransfer.cli", *argv], env=env, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "ptransfer.cli.main", *argv], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)

@@ -10,7 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 @pytest.fixture(scope="session")
 def assets_dir():
     """The offline asset cache (real SmolLM2 GGUF and corpora), fetched if needed."""
-    from ptransfer import assets
+    from ptransfer.core import assets
 
     return assets.fetch()
 

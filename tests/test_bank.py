@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from ptransfer.errors import CheckpointError, ConfigError, DataError
-from ptransfer.transfer import bank
-from ptransfer.transfer.bank_cli import main as bank_main
+from ptransfer.core.errors import CheckpointError, ConfigError, DataError
+from ptransfer.bank import store as bank
+from ptransfer.cli.bank import main as bank_main
 
 META = {"init": "random_uniform", "steps": 300, "best_score": 0.8, "metric": "accuracy",
         "seed": 0}
@@ -70,7 +70,7 @@ def test_sigkill_mid_write_leaves_no_complete_entry(tmp_path):
     ready = str(tmp_path / "ready")
     script = textwrap.dedent(f"""
         import time, numpy as np
-        from ptransfer.transfer import bank
+        from ptransfer.bank import store as bank
         def rows():
             yield {{"step": 1, "accuracy": 0.5}}
             open({ready!r}, "w").close()   # prompt.npy and meta.json are on disk now

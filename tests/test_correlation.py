@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ptransfer.errors import ConfigError
+from ptransfer.core.errors import ConfigError
 from ptransfer.indicators import correlation as corr
 
 

@@ -18,8 +18,8 @@ ARTIFACTS = ("cross_task.json", "tpt.json", "indicators.json", "run_info.json", 
 
 @pytest.fixture(scope="module")
 def demo_out(assets_dir, tmp_path_factory):
-    from ptransfer.demo import run_demo
-    from ptransfer.training import gin_setup
+    from ptransfer.experiments.demo import run_demo
+    from ptransfer.cli import gin_setup
 
     out = tmp_path_factory.mktemp("demo")
     gin_setup.parse_gin(["experiments/demo_tiny.gin"], [f"OUT_DIR='{out}'"],
@@ -62,13 +62,13 @@ def test_report_is_drawn_from_the_json(demo_out):
 
 
 def test_rerun_reuses_finished_stages(demo_out, caplog):
-    from ptransfer.demo import run_demo
-    from ptransfer.training import gin_setup
+    from ptransfer.experiments.demo import run_demo
+    from ptransfer.cli import gin_setup
 
     gin_setup.parse_gin(["experiments/demo_tiny.gin"], [f"OUT_DIR='{demo_out}'"],
                         required=("BACKBONE",))
     before = os.path.getmtime(os.path.join(demo_out, "tpt.json"))
-    with caplog.at_level("INFO", logger="ptransfer.demo"):
+    with caplog.at_level("INFO", logger="ptransfer.experiments.demo"):
         run_demo()
     assert "bank entry exists, reused" in caplog.text
     assert "tpt.json is up to date, reused" in caplog.text

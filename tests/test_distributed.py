@@ -14,9 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from ptransfer.errors import ConfigError
-from ptransfer.training import distributed
-from ptransfer.training.partitioning import make_mesh
+from ptransfer.core.errors import ConfigError
+from ptransfer.core import distributed
+from ptransfer.core.sharding import make_mesh
 
 ENV_NAMES = [n for names in distributed._ENV.values() for n in names] + [distributed.AUTO_ENV]
 
@@ -68,12 +68,12 @@ def test_late_join_is_refused(clean_env):
 WORKER = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from ptransfer.training import distributed
+    from ptransfer.core import distributed
     assert distributed.maybe_initialize_distributed()      # from PTRANSFER_* env
     assert distributed.maybe_initialize_distributed()      # idempotent
     import jax
     from jax.experimental import multihost_utils
-    from ptransfer.training.partitioning import make_mesh
+    from ptransfer.core.sharding import make_mesh
     out = {"process": jax.process_index(), "count": jax.process_count(),
            "devices": jax.device_count(), "shards": {}}
     for data, model in ((4, 1), (2, 2), (1, 4)):

@@ -1,4 +1,4 @@
-"""ptransfer.features: the shared batch layout, truncation and resumable streams."""
+"""ptransfer.data: the shared batch layout, truncation and resumable streams."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import pytest
 seqio = pytest.importorskip("seqio")
 
 import tasks  # noqa: E402
-from ptransfer import features  # noqa: E402
-from ptransfer.errors import ConfigError, DataError  # noqa: E402
+from ptransfer import data as features  # noqa: E402
+from ptransfer.core.errors import ConfigError, DataError  # noqa: E402
 
 BYTE = seqio.ByteVocabulary()
 TEXTS = [f"tweet number {i} " + "x" * (3 * i + 1) for i in range(10)]

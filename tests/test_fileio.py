@@ -15,8 +15,8 @@ import uuid
 import numpy as np
 import pytest
 
-from ptransfer import atomic, fileio
-from ptransfer.errors import CheckpointError, DataError
+from ptransfer.core import fileio as atomic, fileio
+from ptransfer.core.errors import CheckpointError, DataError
 
 tf = pytest.importorskip("tensorflow")
 gfile = tf.io.gfile
@@ -77,7 +77,7 @@ def test_ram_filesystem_is_real_and_fileio_dispatches(ram):
 
 
 def test_local_paths_never_import_tensorflow(tmp_path):
-    code = ("import sys, numpy as np; from ptransfer import fileio, atomic; "
+    code = ("import sys, numpy as np; from ptransfer.core import fileio; from ptransfer.core import fileio as atomic; "
             f"d = fileio.join({str(tmp_path)!r}, 'x'); fileio.makedirs(d); "
             "atomic.write_json(fileio.join(d, 'a.json'), [1]); "
             "atomic.write_npy(fileio.join(d, 'a.npy'), np.zeros(2)); "
@@ -87,7 +87,7 @@ def test_local_paths_never_import_tensorflow(tmp_path):
 
 
 def test_bank_round_trip_on_ram(ram, tmp_path):
-    from ptransfer.transfer import bank
+    from ptransfer.bank import store as bank
 
     root = f"{ram}/bank"
     path = bank.write_entry(root, "smollm2_135m", "mr", "seed0", _prompt(), META, CURVE)
@@ -133,7 +133,7 @@ def test_bank_round_trip_on_ram(ram, tmp_path):
 
 
 def test_bank_checksum_and_complete_marker_on_ram(ram):
-    from ptransfer.transfer import bank
+    from ptransfer.bank import store as bank
 
     root = f"{ram}/bank"
     path = bank.write_entry(root, "t5_tiny", "mr", "seed0", _prompt(), META, CURVE)
@@ -256,7 +256,7 @@ def test_trainer_writes_its_bank_entry_to_ram(ram, tmp_path, monkeypatch):
     from _trainer_common import backbone, register_tiny_yesno, write_justice
     from ptransfer.training.optimizer import OptimizerConfig
     from ptransfer.training.trainer import TrainConfig, Trainer
-    from ptransfer.transfer import bank
+    from ptransfer.bank import store as bank
 
     register_tiny_yesno(monkeypatch)
     data_dir = write_justice(str(tmp_path / "data"))
@@ -281,8 +281,8 @@ def test_trainer_writes_its_bank_entry_to_ram(ram, tmp_path, monkeypatch):
 
 
 def test_bank_cli_on_a_ram_bank(ram, tmp_path, capsys):
-    from ptransfer.transfer import bank
-    from ptransfer.transfer.bank_cli import main as bank_main
+    from ptransfer.bank import store as bank
+    from ptransfer.cli.bank import main as bank_main
 
     root = f"{ram}/bank"
     bank.write_entry(root, "bb", "mr", "seed0", _prompt(), {**META, "family": "llama"}, CURVE)
@@ -300,7 +300,7 @@ def test_bank_cli_on_a_ram_bank(ram, tmp_path, capsys):
 def test_prompt_init_from_a_ram_bank_entry_and_npy(ram):
     """TPT's INIT_FROM may name a bank entry or a .npy on a remote path."""
     from ptransfer import prompts
-    from ptransfer.transfer import bank
+    from ptransfer.bank import store as bank
 
     entry = bank.write_entry(f"{ram}/bank", "t5_tiny", "mr", "seed0", _prompt(3), META, CURVE)
     prompt, meta = prompts.load_prompt_file(entry)

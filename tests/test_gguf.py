@@ -23,8 +23,8 @@ from tokenizers import pre_tokenizers, trainers
 
 from ptransfer.backbones import llama
 from ptransfer.checkpoints.gguf import GGUFCheckpoint, llama_hparams, unpermute_rope_rows
-from ptransfer.errors import CheckpointError
-from ptransfer.vocab import TokenizersVocabulary
+from ptransfer.core.errors import CheckpointError
+from ptransfer.core.vocab import TokenizersVocabulary
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "llama")
 TINY_DIR = os.path.join(FIXTURES, "tiny")
@@ -291,7 +291,7 @@ SMOLLM2_TOL = 1e-3
 
 @pytest.fixture(scope="module")
 def smollm2(assets_dir):
-    from ptransfer import assets
+    from ptransfer.core import assets
     from ptransfer.backbones import load_backbone
 
     start = time.perf_counter()

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ptransfer.indicators.pipeline import top_source_retrieval
+from ptransfer.experiments.indicators import top_source_retrieval
 
 TASKS = ["a", "b", "c"]
 # relative[s, t]: best actual source of a is b, of b is c, of c is a.

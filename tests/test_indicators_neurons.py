@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ptransfer.backbones.base import Backbone, batched_prompt
-from ptransfer.errors import ConfigError
+from ptransfer.core.errors import ConfigError
 from ptransfer.indicators import neurons
 
 

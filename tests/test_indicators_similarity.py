@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from ptransfer.errors import ConfigError
+from ptransfer.core.errors import ConfigError
 from ptransfer.indicators import similarity as sim
 
 K, L, D = 4, 5, 8

@@ -352,8 +352,8 @@ def test_paper_gin_files_parse_with_the_trainer(task, mesh, expect):
         pytest.skip("gin_configs/runs/prompt_tune.gin (the trainer's) is not there yet")
     import gin
 
-    from ptransfer.training import gin_setup
-    from ptransfer.training.cli import TRAIN_REQUIRED
+    from ptransfer.cli import gin_setup
+    from ptransfer.cli.train import TRAIN_REQUIRED
 
     gin_setup.parse_gin([f"experiments/t5_xxl/{task}.gin", f"meshes/{mesh}.gin"],
                         ["MODEL_DIR='gs://bucket/run'"], required=TRAIN_REQUIRED)

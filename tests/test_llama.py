@@ -12,7 +12,7 @@ import seqio
 
 from ptransfer.backbones import llama
 from ptransfer.checkpoints.tree import flatten
-from ptransfer.errors import CheckpointError, ConfigError
+from ptransfer.core.errors import CheckpointError, ConfigError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "llama")
 TINY_DIR = os.path.join(FIXTURES, "tiny")

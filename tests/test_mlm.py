@@ -15,7 +15,8 @@ import seqio
 from safetensors.numpy import load_file, save_file
 
 from ptransfer.backbones import mlm
-from ptransfer.errors import CheckpointError, ConfigError
+from ptransfer.core.vocab import check_single_token_label_words
+from ptransfer.core.errors import CheckpointError, ConfigError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "mlm")
 FAMILIES = ("roberta", "bert")
@@ -210,7 +211,7 @@ def test_logical_axes_cover_params(tiny):
 def test_preset_storage_dtype_and_mesh():
     from jax.sharding import NamedSharding
 
-    from ptransfer.training.partitioning import make_mesh
+    from ptransfer.core.sharding import make_mesh
 
     bb = mlm.from_preset("bert_tiny", seed=1, dtype=jnp.bfloat16, mesh=make_mesh(data=1, model=1))
     leaves = jax.tree_util.tree_leaves(bb.params)
@@ -224,7 +225,7 @@ def test_preset_storage_dtype_and_mesh():
 
 def test_published_preset_shapes():
     """Parameter counts of HF RobertaForMaskedLM / BertForMaskedLM (tied decoder counted once)."""
-    from ptransfer.training.partitioning import num_params
+    from ptransfer.core.sharding import num_params
 
     counts = {name: num_params(mlm._abstract_and_axes(mlm.PRESETS[name])[0])
               for name in ("roberta_base", "roberta_large", "bert_base_uncased")}
@@ -246,13 +247,13 @@ def test_tiny_preset_vocab_has_byte_ids_and_single_token_label_words(tiny):
     assert bb.vocab.encode(text) == seqio.ByteVocabulary().encode(text)
     for name in tasks.task_names():
         words = tasks.get_spec(name).mlm_label_words
-        ids = mlm.check_single_token_label_words(bb.vocab, words, name)
+        ids = check_single_token_label_words(bb.vocab, words, name)
         assert len(set(ids)) == len(words) and min(ids, default=261) > c.mask_id
         assert [bb.vocab.decode([i]) for i in ids] == list(words)
     # a label word is one token inside text too, as in RoBERTa's BPE
     assert bb.vocab.encode("It was positive") == bb.vocab.encode("It was") + bb.vocab.encode(" positive")
     ids = np.array([[c.bos_id] + bb.vocab.encode("great movie") + [c.mask_id, c.eos_id]], np.int32)
-    cand = np.array(mlm.check_single_token_label_words(bb.vocab, [" negative", " positive"], "mr"),
+    cand = np.array(check_single_token_label_words(bb.vocab, [" negative", " positive"], "mr"),
                     np.int32)[:, None]
     scores = np.asarray(bb.score_candidates(bb.params, None, ids, np.ones_like(ids), cand,
                                             np.ones_like(cand)))
@@ -289,9 +290,9 @@ def test_mask_under_padding_does_not_count(roberta):
 
 def test_multi_token_label_word_names_word_and_task():
     vocab = seqio.ByteVocabulary()
-    assert mlm.check_single_token_label_words(vocab, ["a", "b"], "mr") == [100, 101]
+    assert check_single_token_label_words(vocab, ["a", "b"], "mr") == [100, 101]
     with pytest.raises(ConfigError, match=r"task 'mr': label word 'great' is 5 tokens"):
-        mlm.check_single_token_label_words(vocab, ["a", "great"], "mr")
+        check_single_token_label_words(vocab, ["a", "great"], "mr")
 
 
 def test_multi_token_targets_rejected(roberta):
@@ -358,11 +359,11 @@ def test_tokenizer_json_gives_vocab_and_mask_id(tmp_path):
 
     bb = mlm.from_hf(str(tmp_path))
     assert bb.config.mask_id == 299 and type(bb.vocab).__name__ == "TokenizersVocabulary"
-    assert mlm.check_single_token_label_words(bb.vocab, ["great", "terrible"], "mr") == [4, 5]
+    assert check_single_token_label_words(bb.vocab, ["great", "terrible"], "mr") == [4, 5]
     with pytest.raises(ConfigError, match=r"task 'sst2': label word 'very great' is 2 tokens"):
-        mlm.check_single_token_label_words(bb.vocab, ["great", "very great"], "sst2")
+        check_single_token_label_words(bb.vocab, ["great", "very great"], "sst2")
     with pytest.raises(ConfigError, match=r"label word 'awful' is not in this vocabulary"):
-        mlm.check_single_token_label_words(bb.vocab, ["awful"], "sst2")
+        check_single_token_label_words(bb.vocab, ["awful"], "sst2")
     (tmp_path / "tokenizer.json").unlink()
     del cfg["eos_token_id"]
     (tmp_path / "config.json").write_text(json.dumps(dict(cfg, mask_token_id=299)))

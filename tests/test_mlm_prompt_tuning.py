@@ -20,10 +20,12 @@ seqio = pytest.importorskip("seqio")
 import jax  # noqa: E402
 
 import tasks  # noqa: E402
-from ptransfer import features  # noqa: E402
+from ptransfer import data as features  # noqa: E402
 from ptransfer.backbones import load_backbone, mlm  # noqa: E402
-from ptransfer.backbones.mlm_vocab import label_word_bpe, registered_mlm_label_words  # noqa: E402
-from ptransfer.errors import ConfigError  # noqa: E402
+from ptransfer.core.vocab import check_single_token_label_words  # noqa: E402
+from ptransfer.backbones.mlm_vocab import label_word_bpe  # noqa: E402
+from tasks.specs import registered_mlm_label_words  # noqa: E402
+from ptransfer.core.errors import ConfigError  # noqa: E402
 
 D, HEADS, FF, LAYERS, MAX_POS = 32, 4, 64, 2, 66
 
@@ -130,7 +132,7 @@ def test_roberta_tokenizer_json_path_gives_single_token_label_words(roberta):
     assert (c.bos_id, c.pad_id, c.eos_id, roberta.vocab.unk_id) == (0, 1, 2, 3)
     assert c.mask_id == roberta.vocab.vocab_size - 1  # <mask> last, as in roberta-base
     tok = roberta.vocab.tokenizer
-    ids = mlm.check_single_token_label_words(roberta.vocab, [" negative", " positive"], "mr")
+    ids = check_single_token_label_words(roberta.vocab, [" negative", " positive"], "mr")
     assert [tok.id_to_token(i) for i in ids] == ["\u0120negative", "\u0120positive"]
 
 
@@ -183,7 +185,8 @@ def test_prompt_tuning_reaches_full_train_accuracy_with_frozen_params(roberta, t
                                                                       tmp_path):
     from ptransfer import prompts, scoring
     from ptransfer.training.optimizer import OptimizerConfig
-    from ptransfer.training.trainer import Trainer, TrainConfig, load_task
+    from ptransfer.data import load_task
+    from ptransfer.training.trainer import Trainer, TrainConfig
 
     frozen = _host(roberta.params)
     cfg = TrainConfig(backbone="hf:tiny", task="tweeteval", model_dir=str(tmp_path / "run"),
@@ -337,8 +340,8 @@ GIN_DIR = os.path.join(os.path.dirname(__file__), "..", "gin_configs", "experime
 
 
 def test_roberta_large_gin_files_cover_the_mlm_paper_tasks_and_parse():
-    from ptransfer.training import gin_setup
-    from ptransfer.training.cli import TRAIN_REQUIRED
+    from ptransfer.cli import gin_setup
+    from ptransfer.cli.train import TRAIN_REQUIRED
 
     servable = {n for n in tasks.PAPER_TASKS if tasks.get_spec(n).mlm_template}
     assert servable == {n for n in tasks.PAPER_TASKS if tasks.get_spec(n).is_classification}
@@ -359,7 +362,7 @@ def test_roberta_large_gin_files_cover_the_mlm_paper_tasks_and_parse():
 
 
 def test_roberta_large_print_config(capsys):
-    from ptransfer.cli import main
+    from ptransfer.cli.main import main
     from ptransfer.training.optimizer import PRESETS
 
     rc = main(["train", "--gin_file=experiments/roberta_large/mnli.gin",
@@ -391,7 +394,8 @@ def llama():
 
 @pytest.mark.parametrize("direction", ["mlm->llama", "llama->mlm"])
 def test_projector_between_mlm_and_decoder_only_widths(direction, llama, tiny):
-    from ptransfer.transfer import projector as pj
+    from ptransfer.projector import model as pj
+    from ptransfer.projector import training as pj_training
 
     mlm_bb = tiny
     src_bb, tgt_bb = (mlm_bb, llama) if direction == "mlm->llama" else (llama, mlm_bb)
@@ -403,11 +407,11 @@ def test_projector_between_mlm_and_decoder_only_widths(direction, llama, tiny):
     tgt = _ln_map(src, rng.standard_normal((d_src, d_tgt)) / np.sqrt(d_src),
                   1 + 0.1 * rng.standard_normal(d_tgt), 0.1 * rng.standard_normal(d_tgt))
     untrained = pj.Projector.for_backbones(src_bb, tgt_bb, length, hidden=64)
-    settings = pj.TrainSettings(objective="distance", steps=300, learning_rate=1e-2,
+    settings = pj_training.TrainSettings(objective="distance", steps=300, learning_rate=1e-2,
                                 schedule="cosine", weight_decay=0.0, log_every=100)
-    trained = pj.train_projector(untrained, settings,
-                                 pairs=pj.PromptPairs(src[:n_train], tgt[:n_train]))
-    err = lambda p: np.mean(pj.l2_distances(p.project(src[n_train:], target=tgt_bb), tgt[n_train:])  # noqa: E731
+    trained = pj_training.train_projector(untrained, settings,
+                                 pairs=pj_training.PromptPairs(src[:n_train], tgt[:n_train]))
+    err = lambda p: np.mean(pj_training.l2_distances(p.project(src[n_train:], target=tgt_bb), tgt[n_train:])  # noqa: E731
                             / np.linalg.norm(tgt[n_train:].reshape(n_test, -1), axis=-1))
     assert err(trained) < 0.15 and err(trained) < 0.3 * err(untrained), (err(trained),
                                                                          err(untrained))
@@ -423,7 +427,8 @@ def test_projector_between_mlm_and_decoder_only_widths(direction, llama, tiny):
 def test_projector_task_tuning_into_the_masked_lm(roberta, tweet_dir):
     """Task tuning with the MLM as the frozen target: a decoder-only-width (64) prompt
     projected to RoBERTa's width (32) is trained by the MLM's mask-slot loss."""
-    from ptransfer.transfer import projector as pj
+    from ptransfer.projector import model as pj
+    from ptransfer.projector import training as pj_training
 
     task = tasks.get_task("tweeteval", roberta.vocab, add_eos=False, data_dir=tweet_dir,
                           mlm=roberta.config)
@@ -434,16 +439,24 @@ def test_projector_task_tuning_into_the_masked_lm(roberta, tweet_dir):
     frozen = _host(roberta.params)
     spec = pj.ProjectorSpec(16, 64, roberta.d_model, "llama_tiny", roberta.name, hidden=32)
     untrained = pj.Projector.create(spec, 0)
-    settings = pj.TrainSettings(objective="task", steps=60, learning_rate=3e-3,
+    settings = pj_training.TrainSettings(objective="task", steps=60, learning_rate=3e-3,
                                 weight_decay=0.0, log_every=20)
 
     def stream():
         while True:
             yield {"source_prompt": source, "batch": batch}
 
-    trained = pj.train_projector(untrained, settings, task_data=stream(), target=roberta)
+    trained = pj_training.train_projector(untrained, settings, task_data=stream(), target=roberta)
     module = spec.module()
-    loss = lambda p: float(pj.task_loss(module, p.params, roberta.target_log_likelihood,  # noqa: E731
+    loss = lambda p: float(pj_training.task_loss(module, p.params, roberta.target_log_likelihood,  # noqa: E731
                                         roberta.params, source, batch))
     assert loss(trained) < 0.5 * loss(untrained), (loss(untrained), loss(trained))
     assert all(a.tobytes() == b.tobytes() for a, b in zip(frozen, _host(roberta.params)))
+
+
+def test_tiny_preset_label_words_are_the_built_in_tasks_words():
+    """The tiny presets' vocabulary is fixed in backbones/ (which never reads tasks/):
+    it must stay the set of label words the built-in tasks declare."""
+    from ptransfer.backbones.mlm_vocab import TINY_LABEL_WORDS
+
+    assert TINY_LABEL_WORDS == registered_mlm_label_words()

@@ -67,7 +67,7 @@ def _free_port() -> int:
 
 
 def _train_argv(model_dir, init_file) -> list[str]:
-    return [sys.executable, "-m", "ptransfer.cli", "train",
+    return [sys.executable, "-m", "ptransfer.cli.main", "train",
             "--gin_file=models/t5_tiny.gin", "--gin_file=runs/prompt_tune.gin",
             "--gin_file=prompts/from_file.gin", f"--gin.PROMPT_FILE={init_file}",
             "--gin.TASK=mr", f"--gin.MODEL_DIR={model_dir}", f"--gin.TRAIN_STEPS={STEPS}",

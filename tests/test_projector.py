@@ -17,10 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ptransfer.errors import ConfigError
-from ptransfer.transfer import bank
-from ptransfer.transfer import projector as pj
-from ptransfer.transfer import recycling
+from ptransfer.core.errors import ConfigError
+from ptransfer.bank import store as bank
+from ptransfer.experiments import cross_model
+from ptransfer.projector import model as pj
+from ptransfer.projector import training as pj_training
+from ptransfer.projector import recycling
 
 D = 16          # width of the tiny backbones
 HEAD_SCALE = 8  # sharper next-token distributions: the prompt's effect is easy to see
@@ -143,10 +145,10 @@ def test_distance_minimizing_recovers_the_rotation(models):
     src = _prompts(rng, n_train + n_test, length)
     tgt = (src @ q).astype(np.float32)
     spec = pj.ProjectorSpec(length, D, D, a.name, b.name, hidden=32, activation="tanh")
-    settings = pj.TrainSettings(objective="distance", steps=400, learning_rate=2e-2,
+    settings = pj_training.TrainSettings(objective="distance", steps=400, learning_rate=2e-2,
                                 schedule="cosine", weight_decay=0.0)
-    trained = pj.train_projector(pj.Projector.create(spec, 0), settings,
-                                 pairs=pj.PromptPairs(src[:n_train], tgt[:n_train]))
+    trained = pj_training.train_projector(pj.Projector.create(spec, 0), settings,
+                                 pairs=pj_training.PromptPairs(src[:n_train], tgt[:n_train]))
     held_out = trained.project(src[n_train:], target=b)
     err = _rel_err(held_out, tgt[n_train:])
     assert err.mean() < 0.05 and err.max() < 0.10, (err.mean(), err.max())
@@ -208,10 +210,10 @@ def test_task_tuning_makes_b_reproduce_a_on_other_tasks(models):
     before = jax.tree_util.tree_map(np.array, b.params)
     spec = pj.ProjectorSpec(1, D, D, a.name, b.name, hidden=32, activation="tanh")
     untrained = pj.Projector.create(spec, 0)
-    settings = pj.TrainSettings(objective="task", steps=400, learning_rate=1e-2,
+    settings = pj_training.TrainSettings(objective="task", steps=400, learning_rate=1e-2,
                                 warmup_steps=20, schedule="cosine", weight_decay=0.0,
                                 log_every=100)
-    trained = pj.train_projector(untrained, settings, task_data=stream(), target=b)
+    trained = pj_training.train_projector(untrained, settings, task_data=stream(), target=b)
 
     # The target's params are bitwise unchanged.
     jax.tree_util.tree_map(np.testing.assert_array_equal, b.params, before)
@@ -220,7 +222,7 @@ def test_task_tuning_makes_b_reproduce_a_on_other_tasks(models):
     module = spec.module()
 
     def loss(proj):
-        return float(pj.task_loss(module, proj.params, b.target_log_likelihood, b.params,
+        return float(pj_training.task_loss(module, proj.params, b.target_log_likelihood, b.params,
                                   src[held], batch(held)))
 
     loss0, loss1 = loss(untrained), loss(trained)
@@ -293,8 +295,8 @@ def test_distance_minimizing_names_tasks_without_pairs(tmp_path):
     bank.write_entry(str(tmp_path), "big", "sms_spam", "seed0", rng.normal(size=(2, 12)), _meta(0))
     with pytest.raises(ConfigError,
                        match=r"trec \(no prompt on big\); sms_spam \(no prompt on small\)"):
-        pj.bank_prompt_pairs(str(tmp_path), "small", "big", ["mr", "trec", "sms_spam"])
-    pairs = pj.bank_prompt_pairs(str(tmp_path), "small", "big", ["mr"])
+        pj_training.bank_prompt_pairs(str(tmp_path), "small", "big", ["mr", "trec", "sms_spam"])
+    pairs = pj_training.bank_prompt_pairs(str(tmp_path), "small", "big", ["mr"])
     assert pairs.source.shape == (1, 2, 8) and pairs.target.shape == (1, 2, 12)
 
 
@@ -302,7 +304,7 @@ def test_distance_minimizing_names_tasks_without_pairs(tmp_path):
 
 
 def test_cli_distance_train_then_apply_writes_provenance(models, tmp_path, capsys):
-    from ptransfer.cli import main
+    from ptransfer.cli.main import main
 
     a, b, q = models
     rng = np.random.default_rng(5)
@@ -354,10 +356,10 @@ def test_task_tuning_from_bank_and_tpt_model(models, tmp_path, assets_dir):
     bank_dir = str(tmp_path / "bank")
     bank.write_entry(bank_dir, a.name, "mr", "seed0", _prompts(np.random.default_rng(7), 1, 2)[0],
                      _meta(0))
-    recipe = pj.ProjectorRecipe(hidden=16, batch_size=4, settings=pj.TrainSettings(
+    recipe = pj_training.ProjectorRecipe(hidden=16, batch_size=4, settings=pj_training.TrainSettings(
         objective="task", steps=6, learning_rate=1e-2, log_every=3))
     before = jax.tree_util.tree_map(np.array, target.params)
-    proj = pj.train_from_bank(bank_dir, a.name, target, ["mr"], recipe, str(tmp_path / "proj"),
+    proj = cross_model.train_from_bank(bank_dir, a.name, target, ["mr"], recipe, str(tmp_path / "proj"),
                               lengths={"inputs": 32, "targets": 10})
     jax.tree_util.tree_map(np.testing.assert_array_equal, target.params, before)
     assert (proj.spec.d_src, proj.spec.d_tgt, proj.spec.target_backbone) == (D, 64, "llama_tiny")
@@ -367,7 +369,7 @@ def test_task_tuning_from_bank_and_tpt_model(models, tmp_path, assets_dir):
                        prompt_length=2, init_from="random", batch_size=4, train_steps=4,
                        eval_every=2, eval_examples=8, input_length=32, target_length=10,
                        checkpoint_every=0, progress=False, bank_dir=bank_dir)
-    pair = pj.tpt_model(base, str(tmp_path / "proj"), bank_dir, f"{a.name}/mr/seed0", [0],
+    pair = cross_model.tpt_model(base, str(tmp_path / "proj"), bank_dir, f"{a.name}/mr/seed0", [0],
                         str(tmp_path / "tpt"), backbone=target)
     assert pair["kind"] == "tpt_model" and pair["target"] == "mr"
     assert [s for s, _ in pair["pt"]["curves"]["0"]] == [0, 2, 4]

@@ -7,7 +7,7 @@ import pytest
 
 from _trainer_common import backbone
 from ptransfer import prompts
-from ptransfer.errors import CheckpointError, ConfigError
+from ptransfer.core.errors import CheckpointError, ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_text_init_embeds_the_string_cycled(t5):
 
 
 def test_file_bank_and_peft_sources_round_trip(t5, tmp_path):
-    from ptransfer.transfer import bank, peft_format
+    from ptransfer.bank import store as bank, peft_format
 
     src = np.random.default_rng(0).normal(size=(6, t5.d_model)).astype(np.float32)
     np.save(tmp_path / "p.npy", src)
@@ -84,7 +84,7 @@ def test_wrong_width_points_to_the_projector_and_pickles_are_refused(t5, tmp_pat
 
 
 def test_projected_prompt_through_a_trained_projector_dir(t5, tmp_path):
-    from ptransfer.transfer.projector import Projector
+    from ptransfer.projector.model import Projector
 
     llama = backbone("llama_tiny")
     proj = Projector.for_backbones(llama, t5, 3, hidden=16)

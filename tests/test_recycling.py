@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from ptransfer.errors import ConfigError
-from ptransfer.transfer import recycling
+from ptransfer.core.errors import ConfigError
+from ptransfer.projector import recycling
+from ptransfer.prompts import random_prompt_like
 
 
 def _word_vocab(words):
@@ -12,7 +13,7 @@ def _word_vocab(words):
     import tokenizers
     from tokenizers import models, pre_tokenizers
 
-    from ptransfer.vocab import TokenizersVocabulary
+    from ptransfer.core.vocab import TokenizersVocabulary
 
     vocab = {w: i for i, w in enumerate(words)}
     tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -67,8 +68,8 @@ def test_same_vocabulary_aligns_identical_ids():
 
 def test_random_prompt_baseline_has_the_same_norm():
     ref = np.random.default_rng(1).normal(size=(6, 10)) * 3.0
-    r0 = recycling.random_prompt_like(ref, seed=0)
-    r1 = recycling.random_prompt_like(ref, seed=1)
+    r0 = random_prompt_like(ref, seed=0)
+    r1 = random_prompt_like(ref, seed=1)
     assert r0.shape == ref.shape and r0.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(r0), np.linalg.norm(ref), rtol=1e-6)
     assert not np.allclose(r0, r1)

@@ -15,7 +15,7 @@ import pytest
 
 from ptransfer.backbones import configure_backbone, layers, llama, load_backbone, mlm, t5
 from ptransfer.checkpoints.tree import flatten
-from ptransfer.errors import ConfigError
+from ptransfer.core.errors import ConfigError
 from ptransfer.training.trainer import Trainer, TrainConfig
 
 POLICIES = ("full", "dots")

@@ -11,7 +11,7 @@ from safetensors.numpy import save_file
 
 from ptransfer.backbones import t5
 from ptransfer.checkpoints.safetensors_io import SafetensorsCheckpoint
-from ptransfer.errors import CheckpointError
+from ptransfer.core.errors import CheckpointError
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "t5", "t5_v1_1")
 

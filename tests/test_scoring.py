@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from _trainer_common import backbone, register_tiny_yesno, write_justice
-from ptransfer import features, scoring
+from ptransfer import data as features
+from ptransfer import scoring
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(params=["t5_tiny", "llama_tiny"])
 def setup(request, data_dir, monkeypatch):
     import tasks
-    from ptransfer.training.trainer import default_truncation, load_task
+    from ptransfer.data import default_truncation, load_task
 
     name = register_tiny_yesno(monkeypatch)
     bb = backbone(request.param)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from ptransfer.errors import DataError
-from ptransfer.transfer.speedups import speedups
+from ptransfer.core.errors import DataError
+from ptransfer.experiments.speedups import speedups
 
 
 def test_plain_curves():

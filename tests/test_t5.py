@@ -15,7 +15,7 @@ import pytest
 
 from ptransfer.backbones import load_backbone, t5
 from ptransfer.checkpoints.tree import flatten
-from ptransfer.errors import CheckpointError, ConfigError
+from ptransfer.core.errors import CheckpointError, ConfigError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "t5")
 KINDS = ["t5_v1_0", "t5_v1_1"]
@@ -321,7 +321,7 @@ SPMD_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from ptransfer.backbones import t5
     from ptransfer.checkpoints.tree import flatten
-    from ptransfer.training import partitioning
+    from ptransfer.core import sharding as partitioning
 
     fixture = sys.argv[1]
     ref = dict(np.load(os.path.join(fixture, "reference.npz")))

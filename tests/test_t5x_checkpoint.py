@@ -11,7 +11,7 @@ import pytest
 from ptransfer.backbones import load_backbone, t5
 from ptransfer.checkpoints.t5x import T5XCheckpoint, write_t5x_checkpoint
 from ptransfer.checkpoints.tree import flatten
-from ptransfer.errors import CheckpointError
+from ptransfer.core.errors import CheckpointError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "t5")
 

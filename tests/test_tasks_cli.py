@@ -2,7 +2,7 @@
 
 import os
 
-from ptransfer import cli
+from ptransfer.cli import main as cli
 
 import tasks
 
@@ -52,7 +52,7 @@ def test_data_check_reports_missing_and_present(tmp_path, assets_dir, capsys):
 
 
 def tasks_table_line(name, data_dir):
-    from tasks.cli import task_table
+    from ptransfer.cli.tasks import task_table
 
     return " ".join(next(r for r in task_table(data_dir) if r[0] == name))
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 import tasks
-from ptransfer.errors import DataError
+from ptransfer.core.errors import DataError
 from tasks import corpora
 from tasks.splitting import normalize_text
 
@@ -104,7 +104,7 @@ def seqio_mod():
 
 @pytest.mark.parametrize("name", ["mr", "rt", "tweets", "amazon", "nyt", "sms_spam", "trec"])
 def test_corpus_task_yields_correct_batch(name, assets_dir, loaded, seqio_mod):
-    from ptransfer import features
+    from ptransfer import data as features
 
     spec = tasks.get_spec(name)
     vocab = seqio_mod.ByteVocabulary()

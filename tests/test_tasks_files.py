@@ -8,8 +8,8 @@ import pytest
 seqio = pytest.importorskip("seqio")
 
 import tasks  # noqa: E402
-from ptransfer import features  # noqa: E402
-from ptransfer.errors import DataError  # noqa: E402
+from ptransfer import data as features  # noqa: E402
+from ptransfer.core.errors import DataError  # noqa: E402
 from tasks import release_files  # noqa: E402
 
 LENGTHS = {"inputs": 128, "targets": 16}

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 import tasks
-from ptransfer.errors import ConfigError, DataError
+from ptransfer.core.errors import ConfigError, DataError
 
 seqio = pytest.importorskip("seqio")
 
-from ptransfer import features  # noqa: E402
+from ptransfer import data as features  # noqa: E402
 from tasks import registry  # noqa: E402
 
 CLASSIFICATION = [n for n in tasks.task_names() if tasks.get_spec(n).is_classification]
@@ -43,11 +43,11 @@ def spm_vocab(tmp_path_factory, assets_dir):
 
 @pytest.fixture(scope="module")
 def bpe_vocab(assets_dir):
-    """A GPT-2-style byte-level BPE (decoder-only family) through ptransfer.vocab."""
+    """A GPT-2-style byte-level BPE (decoder-only family) through ptransfer.core.vocab."""
     import tokenizers
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    from ptransfer.vocab import TokenizersVocabulary
+    from ptransfer.core.vocab import TokenizersVocabulary
 
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

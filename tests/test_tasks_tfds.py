@@ -16,8 +16,8 @@ seqio = pytest.importorskip("seqio")
 tfds = pytest.importorskip("tensorflow_datasets")
 
 import tasks  # noqa: E402
-from ptransfer import features  # noqa: E402
-from ptransfer.errors import DataError  # noqa: E402
+from ptransfer import data as features  # noqa: E402
+from ptransfer.core.errors import DataError  # noqa: E402
 
 LENGTHS = {"inputs": 160, "targets": 48}
 
@@ -225,7 +225,7 @@ def test_label_outside_the_verbalizer_is_an_error_not_a_drop(tfds_dir):
 
 
 def test_data_check_sees_the_prepared_tfds_datasets(tfds_dir, capsys):
-    from ptransfer import cli
+    from ptransfer.cli import main as cli
 
     cli.main(["data", "check", "--data_dir", tfds_dir])
     lines = capsys.readouterr().out.splitlines()

@@ -10,8 +10,8 @@ import pytest
 
 from _trainer_common import (backbone, host_copy, register_tiny_yesno, trees_equal,
                              write_justice)
-from ptransfer import cli
-from ptransfer.errors import CheckpointError, ConfigError, DataError
+from ptransfer.cli import main as cli
+from ptransfer.core.errors import CheckpointError, ConfigError, DataError
 from ptransfer.training.optimizer import OptimizerConfig
 from ptransfer.training.trainer import NonFiniteLossError, TrainConfig, Trainer
 
@@ -34,7 +34,7 @@ def fit_config(model_dir, data_dir, task="tiny_yesno", **kw):
 
 @pytest.mark.parametrize("preset,scale", [("t5_tiny", 6.0), ("llama_tiny", 1.0)])
 def test_prompt_alone_fits_a_small_task(preset, scale, data_dir, tmp_path, monkeypatch):
-    from ptransfer.transfer import bank
+    from ptransfer.bank import store as bank
 
     register_tiny_yesno(monkeypatch)
     bb = backbone(preset, scale)
@@ -170,7 +170,7 @@ def test_bad_inputs_are_refused_with_one_message(data_dir, tmp_path, monkeypatch
 def test_peft_round_trip_through_the_bank_cli(tmp_path, capsys):
     from safetensors.numpy import load_file
 
-    from ptransfer.transfer import bank
+    from ptransfer.bank import store as bank
 
     prompt = np.random.default_rng(0).normal(size=(5, 32)).astype(np.float32)
     entry = bank.write_entry(str(tmp_path / "bank"), "t5_tiny", "justice", "r0", prompt,

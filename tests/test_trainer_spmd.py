@@ -10,7 +10,7 @@ from _trainer_common import REPO, backbone, cli_env, run_cli, train_argv, write_
 
 
 def test_eight_device_mesh_matches_one_device(tmp_path, monkeypatch):
-    from ptransfer.training import gin_setup
+    from ptransfer.cli import gin_setup
     from ptransfer.training.trainer import Trainer, build_train_config
 
     data = write_justice(str(tmp_path / "data"))

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from ptransfer import load_backbone
-from ptransfer.errors import ConfigError, DataError
-from ptransfer.transfer import bank
-from ptransfer.transfer.matrix import cross_task_matrix, random_prompt_like
+from ptransfer.core.errors import ConfigError, DataError
+from ptransfer.bank import store as bank
+from ptransfer.experiments.matrix import cross_task_matrix
+from ptransfer.prompts import random_prompt_like
 
 TASKS = ["mr", "sms_spam", "trec"]
 SETTINGS = dict(split="validation", eval_examples=8, input_length=48, target_length=14,
@@ -31,7 +32,7 @@ def backbone(assets_dir):
 
 
 def _score_stack_compilations(backbone):
-    cache = backbone.__dict__["_ptransfer_jit_cache"]
+    cache = backbone.jit_cache
     return sum(fn._cache_size() for key, fn in cache.items()
                if isinstance(key, tuple) and key[0] == "score_stack")
 

@@ -6,6 +6,8 @@ Spec forms:
   hf:<dir>                       HF safetensors + config.json (sharded index too)
   t5x:<preset>:<checkpoint_dir>  a T5X checkpoint with the preset's shapes
   gguf:<file>                    a GGUF file (LLaMA architecture)
+
+`{cache}` in a spec stands for the offline asset cache (`ptransfer assets fetch`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import importlib
 import json
 import os
 
-from ptransfer.errors import CheckpointError, ConfigError, close_matches_hint
+from ptransfer.backbones.layers import check_remat
+from ptransfer.core import assets
+from ptransfer.core.errors import CheckpointError, ConfigError, close_matches_hint
 
 # family name -> module; each module defines PRESETS, from_preset, from_hf and
 # HF_ARCHITECTURES (the `architectures` names of config.json it reads).
@@ -62,8 +66,6 @@ def configure_backbone(backbone, *, compute_dtype=None, remat=None):
     """
     import jax.numpy as jnp
 
-    from ptransfer.backbones.layers import check_remat
-
     cfg = backbone.config
     changes = {}
     if compute_dtype is not None:
@@ -81,7 +83,7 @@ def configure_backbone(backbone, *, compute_dtype=None, remat=None):
         return backbone
     # One variant per setting, kept on the backbone, so runs sharing one loaded
     # backbone also share the variant and its compiled steps.
-    variants = backbone.__dict__.setdefault("_ptransfer_variants", {})
+    variants = backbone.variants
     key = tuple(sorted((k, str(v)) for k, v in changes.items()))
     variant = variants.get(key)
     if variant is not None and variant.params is backbone.params:
@@ -95,6 +97,43 @@ def configure_backbone(backbone, *, compute_dtype=None, remat=None):
     init["config"] = config
     variants[key] = variant = type(backbone)(**init)
     return variant
+
+
+def resolve_backbone_spec(spec: str) -> str:
+    """Expands `{cache}` (the offline asset cache) in a backbone spec; a CheckpointError
+    when the file it names is not there."""
+    if "{cache}" not in spec:
+        return spec
+    out = spec.replace("{cache}", assets.cache_dir())
+    path = out.partition(":")[2]
+    if path and not os.path.exists(path):
+        raise CheckpointError(f"{path} is not in the asset cache; run `ptransfer assets fetch` "
+                              "(or set PTRANSFER_CACHE to where the assets are).")
+    return out
+
+
+def family_of_spec(spec) -> str | None:
+    """The family name a load_backbone spec would load, without loading the model
+    (None when the spec does not say)."""
+    if not isinstance(spec, str) or ":" not in spec:
+        return None
+    kind, _, rest = spec.partition(":")
+    if kind == "gguf":
+        return "llama"
+    if kind == "t5x":
+        return "t5"
+    if kind == "preset":
+        return all_presets().get(rest)
+    if kind == "hf":
+        try:
+            with open(os.path.join(rest, "config.json")) as f:
+                arch = (json.load(f).get("architectures") or [None])[0]
+        except (OSError, ValueError):
+            return None
+        for fam in FAMILY_MODULES:
+            if arch in _family(fam).HF_ARCHITECTURES:
+                return fam
+    return None
 
 
 def load_backbone(spec: str, *, dtype=None, mesh=None, seed: int = 0,
@@ -114,10 +153,8 @@ def load_backbone(spec: str, *, dtype=None, mesh=None, seed: int = 0,
     if compute_dtype is not None:
         check_compute_dtype(compute_dtype)
     if remat is not None:
-        from ptransfer.backbones.layers import check_remat
-
         check_remat(remat, f"backbone {spec!r}")
-    backbone = _load(spec, dtype=dtype, mesh=mesh, seed=seed)
+    backbone = _load(resolve_backbone_spec(spec), dtype=dtype, mesh=mesh, seed=seed)
     return configure_backbone(backbone, compute_dtype=compute_dtype, remat=remat)
 
 

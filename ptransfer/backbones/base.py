@@ -5,7 +5,7 @@ ptransfer needs from it. All functions take the frozen `params` and the
 `prompt` as explicit arguments (never closed over), so they can be jitted
 once and differentiated with respect to the prompt only.
 
-Shared batch layout (built by `ptransfer.features`, identical for every
+Shared batch layout (built by `ptransfer.data`, identical for every
 family so the trainer, scoring and indicators never branch on the family):
 
   inputs          int32 [B, Li]  left-padded (real tokens at the right end)
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptransfer.errors import ConfigError
+from ptransfer.core.errors import ConfigError
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
@@ -57,9 +57,25 @@ class Backbone(abc.ABC):
     vocab: Any
 
     family: str = dataclasses.field(default="", init=False)
+    # What callers need to know about a family, so none of them tests its name:
     # T5 targets end with EOS (as seqio's append_eos); decoder-only and MLM
     # classification targets are the label words alone.
     add_eos_to_targets: bool = dataclasses.field(default=True, init=False)
+    # Which end of a too-long input is cut: decoder-only models keep the END (the
+    # template's cue sits right before the target), encoders keep the start, as
+    # seqio does ('right' truncation).
+    truncation_side: str = dataclasses.field(default="right", init=False)
+    # A masked LM reads one label word at a mask slot of its own task form
+    # (`tasks.get_task(..., mlm=config)`) and cannot generate text.
+    masked_lm: bool = dataclasses.field(default=False, init=False)
+    # Compiled functions of callers (scoring, the trainer's step), keyed by the
+    # caller; shared by every run that uses this backbone object in one process.
+    jit_cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
+                                        compare=False)
+    # Variants of this backbone with another compute dtype / remat setting
+    # (`configure_backbone`), sharing its params.
+    variants: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
+                                       compare=False)
 
     # ---- structure ---------------------------------------------------------
 
@@ -89,6 +105,22 @@ class Backbone(abc.ABC):
     def embedding_table(self, params: PyTree) -> jax.Array:
         """The input embedding matrix [V, D]."""
         return self.embed(params, jnp.arange(self.config.vocab_size))
+
+    def embedding_std(self) -> float:
+        """Standard deviation of all entries of the token-embedding table (the
+        scale of random prompt inits and of projected prompts)."""
+        table = self.embedding_table(self.params)
+        return float(jax.jit(lambda t: jnp.std(t.astype(jnp.float32)))(table))
+
+    def stimulus_ids(self) -> list[int]:
+        """Token ids of the template-free ON stimulus (one '.'; families with a
+        mask slot override it)."""
+        return [int(i) for i in self.vocab.encode(".")]
+
+    @property
+    def can_generate(self) -> bool:
+        """Whether `greedy_decode` works (every family but the masked LMs)."""
+        return not self.masked_lm
 
     # ---- the hot path ------------------------------------------------------
 
@@ -141,6 +173,13 @@ class Backbone(abc.ABC):
         """
 
     # ---- helpers shared by all families -------------------------------------
+
+    def compiled(self, key, build):
+        """The compiled function stored under `key` in `jit_cache`, built by
+        `build()` on first use (callers key by what their function depends on)."""
+        if key not in self.jit_cache:
+            self.jit_cache[key] = build()
+        return self.jit_cache[key]
 
     def check_prompt(self, prompt) -> None:
         """Raises ConfigError unless prompt is None, [P, D] or [B, P, D] with D = d_model."""

@@ -2,7 +2,7 @@
 
 Parameters carry logical axis names (T5X vocabulary: 'vocab', 'embed', 'mlp',
 'heads', 'kv', 'joined_kv', 'relpos_buckets'), so one rule table in
-`ptransfer.training.partitioning` shards every family. Kernels are stored
+`ptransfer.core.sharding` shards every family. Kernels are stored
 `[in, out]` as T5X does.
 """
 
@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from ptransfer.core.errors import ConfigError
 
 NEG_INF = -1e10  # finite, so fully-masked rows give a uniform softmax, not NaN
 
@@ -39,8 +41,6 @@ REMAT_POLICIES = ("none", "full", "dots", "minimal")
 
 def check_remat(name, where: str = "config") -> str:
     """Returns `name` if it is a REMAT_POLICIES entry, else raises ConfigError."""
-    from ptransfer.errors import ConfigError
-
     if name not in REMAT_POLICIES:
         raise ConfigError(f"{where}: remat {name!r} is not a remat policy; use one of "
                           f"{', '.join(repr(p) for p in REMAT_POLICIES)}.")

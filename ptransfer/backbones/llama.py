@@ -38,7 +38,12 @@ import jax.numpy as jnp
 
 from ptransfer.backbones import layers
 from ptransfer.backbones.base import Backbone, batched_prompt
-from ptransfer.errors import CheckpointError, ConfigError, close_matches_hint
+from ptransfer.checkpoints.gguf import GGUFCheckpoint, llama_hparams, llama_tensors
+from ptransfer.checkpoints.safetensors_io import SafetensorsCheckpoint
+from ptransfer.checkpoints.tree import ParamTreeBuilder
+from ptransfer.core.errors import CheckpointError, ConfigError, close_matches_hint
+from ptransfer.core.sharding import shard_params
+from ptransfer.core.vocab import TokenizersVocabulary
 
 log = logging.getLogger(__name__)
 
@@ -385,6 +390,7 @@ class LlamaBackbone(Backbone):
 
     family: str = dataclasses.field(default="llama", init=False)
     add_eos_to_targets: bool = dataclasses.field(default=False, init=False)
+    truncation_side: str = dataclasses.field(default="left", init=False)
 
     def logical_axes(self):
         return abstract_params(self.config)[1]
@@ -467,7 +473,6 @@ def from_preset(name: str, *, seed: int = 0, dtype=None, mesh=None) -> LlamaBack
     backbone = LlamaBackbone(name=name, config=config, params=params,
                              vocab=_default_vocab(config, f"preset {name}"))
     if mesh is not None:
-        from ptransfer.training.partitioning import shard_params
         backbone.params = shard_params(params, backbone.logical_axes(), mesh)
     return backbone
 
@@ -532,16 +537,12 @@ def hf_param_path(name: str) -> tuple[str, bool] | None:
 
 
 def _builder(config, dtype, mesh, source):
-    from ptransfer.checkpoints.tree import ParamTreeBuilder
-
     abstract, axes = abstract_params(config)
     return ParamTreeBuilder(abstract, axes, dtype=dtype, mesh=mesh, source=source)
 
 
 def from_hf(directory: str, *, dtype=None, mesh=None) -> LlamaBackbone:
     """HF LlamaForCausalLM directory: config.json + safetensors (+ tokenizer.json)."""
-    from ptransfer.checkpoints.safetensors_io import SafetensorsCheckpoint
-
     config_path = os.path.join(directory, "config.json")
     if not os.path.isfile(config_path):
         raise CheckpointError(f"no config.json in {directory!r}.")
@@ -563,7 +564,6 @@ def from_hf(directory: str, *, dtype=None, mesh=None) -> LlamaBackbone:
         builder.put(path, w.T if transpose else w)
     params = builder.build()
     if os.path.isfile(os.path.join(directory, "tokenizer.json")):
-        from ptransfer.vocab import TokenizersVocabulary
         vocab = TokenizersVocabulary.from_hf_dir(directory)
     else:
         log.warning("%s has no tokenizer.json; using seqio.ByteVocabulary.", directory)
@@ -574,9 +574,6 @@ def from_hf(directory: str, *, dtype=None, mesh=None) -> LlamaBackbone:
 
 def from_gguf(path: str, *, dtype=None, mesh=None) -> LlamaBackbone:
     """A llama.cpp GGUF file: weights dequantized to float32, then cast to `dtype`."""
-    from ptransfer.checkpoints.gguf import GGUFCheckpoint, llama_hparams, llama_tensors
-    from ptransfer.vocab import TokenizersVocabulary
-
     ckpt = GGUFCheckpoint(path)
     hparams = llama_hparams(ckpt)
     config = config_from_hf(hparams, path)

@@ -75,10 +75,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptransfer.backbones.base import Backbone, batched_prompt, prompt_length
-from ptransfer.backbones.layers import (ACTIVATIONS, Dense, Embed, LayerNorm, check_remat,
-                                        dot_product_attention, gather_log_probs, mask_to_bias,
-                                        param_with_axes, remat_layer)
-from ptransfer.errors import CheckpointError, ConfigError, close_matches_hint
+from ptransfer.backbones.layers import (
+    ACTIVATIONS,
+    Dense,
+    Embed,
+    LayerNorm,
+    check_remat,
+    dot_product_attention,
+    gather_log_probs,
+    mask_to_bias,
+    param_with_axes,
+    remat_layer,
+)
+from ptransfer.backbones.mlm_vocab import tiny_vocab
+from ptransfer.checkpoints.safetensors_io import SafetensorsCheckpoint
+from ptransfer.checkpoints.tree import ParamTreeBuilder, flatten
+from ptransfer.core.errors import CheckpointError, ConfigError, close_matches_hint
+from ptransfer.core.vocab import TokenizersVocabulary
 
 log = logging.getLogger(__name__)
 
@@ -340,28 +353,6 @@ def check_mask_slots(inputs, inputs_mask, mask_id: int, task_name: str | None = 
             "MLM template must contain one (e.g. '<s> {text} It was <mask>. </s>').")
 
 
-def check_single_token_label_words(vocab, words, task_name: str) -> list[int]:
-    """The token id of every label word; ConfigError naming the first word that
-    is not exactly one token of `vocab` (a seqio.Vocabulary)."""
-    ids = []
-    unk = getattr(vocab, "unk_id", None)
-    for word in words:
-        tokens = list(vocab.encode(word))
-        if len(tokens) == 1 and unk is not None and tokens[0] == unk:
-            raise ConfigError(
-                f"task {task_name!r}: label word {word!r} is not in this vocabulary (it encodes to "
-                "the unknown token). Choose a label word the backbone's tokenizer knows.")
-        if len(tokens) != 1:
-            pieces = [vocab.decode([t]) for t in tokens]
-            raise ConfigError(
-                f"task {task_name!r}: label word {word!r} is {len(tokens)} tokens {pieces} in this "
-                "vocabulary, but a masked-LM backbone scores one token at the mask slot. Choose a "
-                "single-token label word for this task's MLM verbalizer (RoBERTa words usually "
-                "need a leading space, e.g. ' positive').")
-        ids.append(int(tokens[0]))
-    return ids
-
-
 def _single_token_targets(targets, targets_mask, what: str):
     """First token of each [N, Lt] target and whether it is the only real one."""
     targets = jnp.asarray(targets)
@@ -389,6 +380,7 @@ class MlmBackbone(Backbone):
     axes: Any = None
     family: str = dataclasses.field(default="mlm", init=False)
     add_eos_to_targets: bool = dataclasses.field(default=False, init=False)
+    masked_lm: bool = dataclasses.field(default=True, init=False)
 
     def __post_init__(self):
         self.module = MlmEncoder(self.config)
@@ -413,6 +405,9 @@ class MlmBackbone(Backbone):
         """The template-free ON stimulus: (start, mask, end), i.e. '<s> <mask> </s>'."""
         c = self.config
         return (c.bos_id, c.mask_id, c.eos_id)
+
+    def stimulus_ids(self) -> list[int]:
+        return list(self.dummy_mlm_ids())
 
     # ---- checks --------------------------------------------------------------------
 
@@ -532,8 +527,6 @@ def _byte_vocab():
 def _random_params(abstract, seed: int) -> dict[str, np.ndarray]:
     """BERT's init drawn with numpy (no XLA compile): LayerNorm scales 1, biases
     0, kernels and embeddings N(0, 0.02). Returns {path: float32 array}."""
-    from ptransfer.checkpoints.tree import flatten
-
     rng = np.random.default_rng(seed)
     out = {}
     for path, leaf in sorted(flatten(abstract).items()):
@@ -554,8 +547,6 @@ def from_preset(name: str, *, seed: int = 0, dtype=None, mesh=None) -> MlmBackbo
     single-token label words); the published shapes (roberta_*, bert_*) get
     seqio.ByteVocabulary (their real tokenizer comes with `from_hf`).
     """
-    from ptransfer.checkpoints.tree import ParamTreeBuilder
-
     if name not in PRESETS:
         raise ConfigError(f"unknown MLM preset {name!r}." + close_matches_hint(name, PRESETS))
     config = PRESETS[name]
@@ -571,8 +562,6 @@ def _preset_vocab(config: MlmConfig):
     tiny = {k: getattr(config, k) for k in TINY_VOCAB} == TINY_VOCAB
     if not tiny:
         return _byte_vocab()
-    from ptransfer.backbones.mlm_vocab import tiny_vocab
-
     return tiny_vocab(config.vocab_size)
 
 
@@ -699,8 +688,6 @@ def _load_tokenizer(directory: str):
         log.warning("%s has no tokenizer.json; using seqio.ByteVocabulary as the vocabulary "
                     "(fine for tests; a real model needs its tokenizer).", directory)
         return None, _byte_vocab()
-    from ptransfer.vocab import TokenizersVocabulary
-
     vocab = TokenizersVocabulary.from_hf_dir(directory)
     return vocab.tokenizer, vocab
 
@@ -711,9 +698,6 @@ def from_hf(directory: str, *, dtype=None, mesh=None) -> MlmBackbone:
     Special ids (mask, start, end, pad) come from tokenizer.json when present,
     else from config.json, else from the published vocabularies.
     """
-    from ptransfer.checkpoints.safetensors_io import SafetensorsCheckpoint
-    from ptransfer.checkpoints.tree import ParamTreeBuilder
-
     config_path = os.path.join(directory, "config.json")
     try:
         with open(config_path) as f:

@@ -3,14 +3,15 @@
 A masked LM scores ONE token at the mask slot, so every MLM label word of a
 task must be one token of the backbone's vocabulary. With a real checkpoint
 this is RoBERTa's / BERT's own tokenizer (`tokenizer.json`, read by
-`ptransfer.vocab.TokenizersVocabulary`): " positive" is the single
+`ptransfer.core.vocab.TokenizersVocabulary`): " positive" is the single
 byte-level BPE token "Ġpositive" there. That is the main path.
 
 A random-init test preset has no tokenizer file, and `seqio.ByteVocabulary`
 would spell " positive" as 9 byte tokens. So the tiny presets (`mlm_tiny`,
 `bert_tiny`) get a vocabulary built the way RoBERTa's is, only much smaller:
 a byte-level BPE (GPT-2 byte alphabet and pre-tokenizer) whose merges spell
-out exactly the MLM label words of the registered tasks, and nothing else.
+out exactly the MLM label words of the built-in tasks (`TINY_LABEL_WORDS`),
+and nothing else.
 Its ids keep the byte vocabulary's layout:
 
   0 <pad>, 1 </s> (end), 2 <unk>, 3..258 the bytes 0..255 (a text without
@@ -29,7 +30,8 @@ from __future__ import annotations
 import functools
 from typing import Iterable, Sequence
 
-from ptransfer.errors import ConfigError
+from ptransfer.core.errors import ConfigError
+from ptransfer.core.vocab import TokenizersVocabulary
 
 # The tiny presets' special tokens, in id order around the 256 byte tokens.
 TINY_BEFORE_BYTES = ("<pad>", "</s>", "<unk>")    # ids 0, 1, 2 (as seqio.ByteVocabulary)
@@ -99,13 +101,11 @@ def label_word_bpe(words: Iterable[str], *, before_bytes: Sequence[str] = TINY_B
     return tok
 
 
-def registered_mlm_label_words() -> tuple[str, ...]:
-    """Every MLM label word of the registered tasks, sorted (empty without `tasks`)."""
-    try:
-        from tasks.specs import SPECS
-    except ImportError:  # pragma: no cover - tasks ships with ptransfer
-        return ()
-    return tuple(sorted({w for spec in SPECS.values() for w in spec.mlm_label_words}))
+# The single-token words of the tiny presets: every MLM label word of the built-in
+# tasks (`tasks.specs.registered_mlm_label_words()`; a test keeps the two equal), so
+# the presets can be prompt-tuned on any of them. Sorted.
+TINY_LABEL_WORDS = (" conflict", " negative", " neutral", " no", " positive", " yes",
+                    "Description", "Entity", "Expression", "Human", "Location", "Number")
 
 
 @functools.lru_cache(maxsize=4)
@@ -114,11 +114,9 @@ def tiny_vocab(vocab_size: int, words: tuple[str, ...] | None = None):
 
     Args:
       vocab_size: the preset's embedding rows; the vocabulary must fit in it.
-      words: the single-token words (default: `registered_mlm_label_words()`).
+      words: the single-token words (default: `TINY_LABEL_WORDS`).
     """
-    from ptransfer.vocab import TokenizersVocabulary
-
-    words = registered_mlm_label_words() if words is None else words
+    words = TINY_LABEL_WORDS if words is None else words
     tok = label_word_bpe(words)
     size = tok.get_vocab_size(with_added_tokens=True)
     if size > vocab_size:

@@ -53,10 +53,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptransfer.backbones.base import Backbone, batched_prompt
-from ptransfer.backbones.layers import (ACTIVATIONS, Dense, Embed, RMSNorm, causal_mask,
-                                        check_remat, dot_product_attention, gather_log_probs,
-                                        mask_to_bias, param_with_axes, remat_layer)
-from ptransfer.errors import CheckpointError, ConfigError, close_matches_hint
+from ptransfer.backbones.layers import (
+    ACTIVATIONS,
+    Dense,
+    Embed,
+    RMSNorm,
+    causal_mask,
+    check_remat,
+    dot_product_attention,
+    gather_log_probs,
+    mask_to_bias,
+    param_with_axes,
+    remat_layer,
+)
+from ptransfer.checkpoints.safetensors_io import SafetensorsCheckpoint
+from ptransfer.checkpoints.t5x import T5XCheckpoint
+from ptransfer.checkpoints.tree import ParamTreeBuilder, flatten
+from ptransfer.core.errors import CheckpointError, ConfigError, close_matches_hint
+from ptransfer.core.vocab import TokenizersVocabulary
 
 log = logging.getLogger(__name__)
 
@@ -703,8 +717,6 @@ def from_preset(name: str, *, seed: int = 0, dtype=None, mesh=None,
       compute_dtype: overrides the preset's compute dtype, e.g. "bfloat16".
       remat: overrides the preset's rematerialization ('none', 'full', 'dots').
     """
-    from ptransfer.checkpoints.tree import ParamTreeBuilder, flatten
-
     config = get_preset(name)
     if compute_dtype:
         config = dataclasses.replace(config, dtype=jnp.dtype(compute_dtype).name)
@@ -794,7 +806,7 @@ def config_from_hf(hf: dict, source: str = "config.json") -> T5Config:
 
 def _hf_vocabulary(directory: str):
     """spiece.model (seqio SentencePiece, sentinel count from tokenizer_config.json),
-    else tokenizer.json (`ptransfer.vocab.TokenizersVocabulary`), else bytes."""
+    else tokenizer.json (`ptransfer.core.vocab.TokenizersVocabulary`), else bytes."""
     spm = os.path.join(directory, "spiece.model")
     if os.path.isfile(spm):
         extra_ids = 0
@@ -804,8 +816,6 @@ def _hf_vocabulary(directory: str):
                 extra_ids = int(json.load(f).get("extra_ids", 0) or 0)
         return _vocabulary(spm, extra_ids)
     if os.path.isfile(os.path.join(directory, "tokenizer.json")):
-        from ptransfer.vocab import TokenizersVocabulary
-
         return TokenizersVocabulary.from_hf_dir(directory)
     log.warning("%s has no spiece.model or tokenizer.json; using seqio.ByteVocabulary "
                 "(bytes as ids).", directory)
@@ -818,9 +828,6 @@ def from_hf(directory: str, *, dtype=None, mesh=None) -> T5Backbone:
     Tensors stream one at a time into (optionally sharded) device arrays.
     Vocabulary: `spiece.model`, else `tokenizer.json`, else ByteVocabulary (logged).
     """
-    from ptransfer.checkpoints.safetensors_io import SafetensorsCheckpoint
-    from ptransfer.checkpoints.tree import ParamTreeBuilder, flatten
-
     config_path = os.path.join(directory, "config.json")
     if not os.path.isfile(config_path):
         raise CheckpointError(f"no config.json in {directory!r}: a HF T5 directory needs "
@@ -860,9 +867,6 @@ def from_t5x(ckpt_dir: str, preset: str, *, dtype=None, mesh=None,
     `spiece.model` beside or above the checkpoint (100 sentinel ids, as
     seqio's T5 vocabulary), else ByteVocabulary.
     """
-    from ptransfer.checkpoints.t5x import T5XCheckpoint
-    from ptransfer.checkpoints.tree import ParamTreeBuilder, flatten
-
     config = get_preset(preset).validate()
     ckpt = T5XCheckpoint(ckpt_dir)
     shapes, axes = abstract_params(config)

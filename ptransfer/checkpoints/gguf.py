@@ -22,7 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ptransfer.errors import CheckpointError
+from ptransfer.core.errors import CheckpointError
 
 # Types dequantized by gguf.quants (numpy). The first group has gguf quantizers
 # too and is covered by ptransfer's round-trip test; K-quants are dequantized by

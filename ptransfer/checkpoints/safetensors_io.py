@@ -13,7 +13,7 @@ import os
 import numpy as np
 from safetensors import safe_open
 
-from ptransfer.errors import CheckpointError
+from ptransfer.core.errors import CheckpointError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

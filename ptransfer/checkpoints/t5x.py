@@ -29,7 +29,8 @@ import tempfile
 
 import numpy as np
 
-from ptransfer.errors import CheckpointError
+from ptransfer.checkpoints.tree import flatten, unflatten
+from ptransfer.core.errors import CheckpointError
 
 VERSION = 3
 CHECKPOINT_FILE = "checkpoint"
@@ -201,8 +202,6 @@ def write_t5x_checkpoint(params, directory: str, *, step: int = 0,
     import jax
     import tensorstore as ts
     from flax import serialization
-
-    from ptransfer.checkpoints.tree import flatten, unflatten
 
     directory = os.path.normpath(directory)
     if os.path.exists(directory):

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptransfer.errors import CheckpointError
+from ptransfer.core.errors import CheckpointError
+from ptransfer.core.sharding import divisible_spec, logical_to_spec
 
 
 def flatten(tree, prefix: str = "") -> dict[str, object]:
@@ -71,7 +72,6 @@ class ParamTreeBuilder:
                 "that wrote it.")
         array = np.asarray(array, dtype=self._dtype)  # no copy when the dtype already matches
         if self._mesh is not None:
-            from ptransfer.training.partitioning import logical_to_spec, divisible_spec
             from jax.sharding import NamedSharding
             spec = divisible_spec(logical_to_spec(self._axes.get(path)), want, self._mesh)
             self._values[path] = jax.device_put(array, NamedSharding(self._mesh, spec))

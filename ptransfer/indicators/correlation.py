@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ptransfer.errors import ConfigError
+from ptransfer.core.errors import ConfigError
 
 
 def average_ranks(x) -> np.ndarray:

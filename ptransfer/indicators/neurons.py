@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ptransfer.errors import ConfigError
+from ptransfer.core.errors import ConfigError
 
 POSITION_MODES = ("last", "all", "prompt")
 

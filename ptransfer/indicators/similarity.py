@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptransfer.errors import ConfigError
+from ptransfer.core.errors import ConfigError
 
 _EPS = 1e-12
 

@@ -14,6 +14,7 @@ import math
 import os
 from statistics import mean
 
+from ptransfer.core import fileio
 from ptransfer.report import plots
 
 
@@ -236,8 +237,5 @@ def write_report(results_dir: str, out_path: str | None = None) -> str:
             md += ["ON by window of consecutive layers:", "",
                    _table(["layers", "Spearman"], list(ind["spearman"]["windows"].items())), "",
                    "![ON by layer window](on_by_window.png)", ""]
-    tmp = out_path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(md))
-    os.replace(tmp, out_path)
+    fileio.atomic_write(out_path, "\n".join(md))
     return out_path

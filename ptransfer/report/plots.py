@@ -1,7 +1,7 @@
 """PNG plots drawn from the results JSON only (never from in-memory state).
 
 Inputs are the dicts written by `transfer.matrix` (cross_task.json),
-`transfer.init_transfer` (tpt.json) and `indicators.pipeline`
+`experiments.tpt` (tpt.json) and `experiments.indicators`
 (indicators.json); the keys each function reads are named in its docstring.
 """
 

@@ -1,1 +1,1 @@
-"""Trainer, optimizer, partitioning, checkpointing and metric writers."""
+"""Trainer, evaluation, optimizer, checkpointing (orbax) and metric writers."""

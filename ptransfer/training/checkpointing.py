@@ -16,14 +16,13 @@ renames it), so a kill at any instant leaves the previous checkpoints usable.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import numpy as np
 
-from ptransfer import fileio
-from ptransfer.errors import CheckpointError
+from ptransfer.core import fileio
+from ptransfer.core.errors import CheckpointError
 
 IDENTITY_FILE = "run_identity.json"
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -59,10 +58,7 @@ def check_run_identity(model_dir: str, identity: dict[str, Any], *, write: bool 
     if not write:
         return
     fileio.makedirs(model_dir, exist_ok=True)
-    tmp = path + f".tmp{os.getpid()}"
-    with fileio.open(tmp, "w") as f:
-        json.dump(identity, f, indent=1, sort_keys=True)
-    fileio.replace(tmp, path)
+    fileio.write_json(path, identity, sort_keys=True)
 
 
 class Checkpointer:

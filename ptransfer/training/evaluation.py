@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
 import gin
 import numpy as np
 
-from ptransfer.errors import ConfigError
+import tasks
+from ptransfer import data, prompts, scoring
+from ptransfer.backbones import load_backbone, resolve_backbone_spec
+from ptransfer.core import fileio, sharding
+from ptransfer.core.configurable import build_configurable
+from ptransfer.core.errors import ConfigError
+from ptransfer.data import default_truncation, load_task
 
 
 @gin.configurable(module="ptransfer")
@@ -42,16 +47,12 @@ class EvalConfig:
 
 
 def build_eval_config() -> EvalConfig:
-    from ptransfer.training.gin_setup import build_configurable
-
     return build_configurable(EvalConfig, "EvalConfig")
 
 
 def resolve_prompt(spec: str | None, backbone, prompt_length: int, seed: int = 0,
                    label_words=()) -> np.ndarray | None:
     """A prompt float32 [L, D] for `spec` (see EvalConfig.prompt), or None."""
-    from ptransfer import prompts
-
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
         return None
     scheme, arg = prompts.parse_init_from(spec)
@@ -66,25 +67,19 @@ def run_eval(cfg: EvalConfig, *, backbone=None) -> dict:
     """Evaluates and returns {task, split, backbone, prompt, examples, metrics, seconds}."""
     import jax.numpy as jnp
 
-    import tasks
-    from ptransfer import scoring
-    from ptransfer.backbones import load_backbone
-    from ptransfer.training import partitioning
-    from ptransfer.training.trainer import default_truncation, load_task, resolve_backbone_spec
-
     if cfg.batch_size <= 0 or cfg.input_length <= 0 or cfg.target_length <= 0:
         raise ConfigError("batch_size, input_length and target_length must be positive.")
     t0 = time.perf_counter()
     spec = tasks.get_spec(cfg.task)
-    mesh = partitioning.make_mesh(cfg.mesh_data, cfg.mesh_model)
+    mesh = sharding.make_mesh(cfg.mesh_data, cfg.mesh_model)
     if backbone is None:
         dtype = jnp.dtype(cfg.backbone_dtype) if cfg.backbone_dtype else None
         backbone = load_backbone(resolve_backbone_spec(cfg.backbone), dtype=dtype, mesh=mesh)
         params = backbone.params
     else:
-        params = partitioning.shard_params(backbone.params, backbone.logical_axes(), mesh)
+        params = sharding.shard_params(backbone.params, backbone.logical_axes(), mesh)
     prompt = resolve_prompt(cfg.prompt, backbone, cfg.prompt_length, cfg.seed,
-                            label_words=spec.label_words)
+                            label_words=data.label_words(spec, backbone))
     task, mlm = load_task(cfg.task, backbone, cfg.data_dir)
     lengths = {"inputs": cfg.input_length, "targets": cfg.target_length}
     eval_set = scoring.build_eval_set(task, spec, backbone, cfg.split, cfg.eval_examples, lengths,
@@ -97,8 +92,5 @@ def run_eval(cfg: EvalConfig, *, backbone=None) -> dict:
               "seconds": round(time.perf_counter() - t0, 3)}
     if cfg.output:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
-        tmp = cfg.output + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1, sort_keys=True)
-        os.replace(tmp, cfg.output)
+        fileio.write_json(cfg.output, result, sort_keys=True)
     return result

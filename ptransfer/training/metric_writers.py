@@ -5,7 +5,7 @@
 restored step are dropped, so the file always matches the checkpoint and the
 bank entry gets the whole, unduplicated curve. TensorBoard events go to
 `<model_dir>/tb/{train,eval}` (tensorboardX), purged past the restored step.
-The model dir may be remote (gs://...): files go through `ptransfer.fileio`
+The model dir may be remote (gs://...): files go through `ptransfer.core.fileio`
 (appending to a GCS object re-uploads it, which is fine for a short curve).
 """
 
@@ -16,8 +16,8 @@ import math
 import sys
 import time
 
-from ptransfer import fileio
-from ptransfer.errors import CheckpointError
+from ptransfer.core import fileio
+from ptransfer.core.errors import CheckpointError
 
 
 class JsonlCurve:
@@ -42,11 +42,8 @@ class JsonlCurve:
         self._rewrite()
 
     def _rewrite(self) -> None:
-        tmp = self.path + ".tmp"
-        with fileio.open(tmp, "w") as f:
-            for rec in self.records:
-                f.write(json.dumps(rec, sort_keys=True) + "\n")
-        fileio.replace(tmp, self.path)
+        fileio.atomic_write(self.path, "".join(json.dumps(rec, sort_keys=True) + "\n"
+                                               for rec in self.records))
 
     def append(self, record: dict) -> None:
         self.records.append(record)

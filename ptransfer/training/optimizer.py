@@ -19,7 +19,7 @@ import dataclasses
 import gin
 import optax
 
-from ptransfer.errors import ConfigError, close_matches_hint
+from ptransfer.core.errors import ConfigError, close_matches_hint
 
 
 @dataclasses.dataclass(frozen=True)

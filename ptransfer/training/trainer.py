@@ -15,7 +15,7 @@ Loss (`loss_normalization`):
 Only target tokens contribute; the backbone projects onto the vocabulary only
 at the positions that predict a target.
 
-Partitioning: a `(data, model)` mesh (`training/partitioning.py`); frozen
+Partitioning: a `(data, model)` mesh (`training/sharding.py`); frozen
 params sharded over 'model' by the logical rules, batches over 'data', the
 prompt, optimizer state and RNG replicated. Multi-process runs read each
 host's shard of the data and assemble the global batch
@@ -42,9 +42,17 @@ import time
 import gin
 import numpy as np
 
-from ptransfer import atomic, fileio
-from ptransfer.errors import CheckpointError, ConfigError, PtransferError
-from ptransfer.training.optimizer import OptimizerConfig, make_optimizer
+import tasks
+from ptransfer import data, prompts, scoring
+from ptransfer.backbones import check_compute_dtype, configure_backbone, load_backbone
+from ptransfer.backbones.layers import check_remat
+from ptransfer.bank import store as bank
+from ptransfer.core import distributed, fileio, sharding
+from ptransfer.core.configurable import build_configurable
+from ptransfer.core.errors import CheckpointError, ConfigError, PtransferError
+from ptransfer.core.sharding import replicated, shard_params
+from ptransfer.training import checkpointing, metric_writers
+from ptransfer.training.optimizer import OptimizerConfig, compile_key, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +148,8 @@ class TrainConfig:
         if self.eval_examples is not None and self.eval_examples <= 0:
             raise ConfigError(f"eval_examples must be positive or None, got {self.eval_examples}.")
         if self.compute_dtype is not None:
-            from ptransfer.backbones import check_compute_dtype
-
             check_compute_dtype(self.compute_dtype, "TrainConfig.compute_dtype (COMPUTE_DTYPE)")
         if self.remat is not None:
-            from ptransfer.backbones.layers import check_remat
-
             check_remat(self.remat, "TrainConfig.remat (REMAT)")
         return self
 
@@ -186,20 +190,6 @@ class TrainResult:
 
 # ---- pieces ------------------------------------------------------------------
 
-def resolve_backbone_spec(spec: str) -> str:
-    """Expands `{cache}` (the offline asset cache) in a backbone spec."""
-    if "{cache}" not in spec:
-        return spec
-    from ptransfer import assets
-
-    out = spec.replace("{cache}", assets.cache_dir())
-    path = out.partition(":")[2]
-    if path and not os.path.exists(path):
-        raise CheckpointError(f"{path} is not in the asset cache; run `ptransfer assets fetch` "
-                              "(or set PTRANSFER_CACHE to where the assets are).")
-    return out
-
-
 def make_loss_fn(backbone, normalization: str = "token"):
     """loss(prompt [L, D], params, batch) -> scalar float32 (see module docstring)."""
     import jax.numpy as jnp
@@ -235,8 +225,6 @@ def make_train_step(backbone, optimizer, normalization: str = "token", mesh=None
 
     kwargs = {}
     if mesh is not None:
-        from ptransfer.training.partitioning import replicated
-
         kwargs["out_shardings"] = replicated(mesh)
     return jax.jit(step, donate_argnums=(0, 1, 2), **kwargs)
 
@@ -244,30 +232,10 @@ def make_train_step(backbone, optimizer, normalization: str = "token", mesh=None
 def _cached_step(backbone, optimizer_cfg: OptimizerConfig, normalization: str, mesh):
     """One jitted step per (backbone object, optimizer settings, loss, mesh) in this
     process; the learning rate is optimizer state, so it is not part of the key."""
-    from ptransfer.training.optimizer import compile_key, make_optimizer
-
-    cache = backbone.__dict__.setdefault("_ptransfer_jit_cache", {})
     key = ("train_step", compile_key(optimizer_cfg), normalization,
            None if mesh is None else (tuple(mesh.shape.items()), tuple(d.id for d in mesh.devices.flat)))
-    if key not in cache:
-        cache[key] = make_train_step(backbone, make_optimizer(optimizer_cfg), normalization, mesh)
-    return cache[key]
-
-
-def load_task(name: str, backbone, data_dir: str | None = None):
-    """(seqio Task of `name` for the backbone's vocabulary, whether it is the masked-LM form)."""
-    import tasks
-
-    mlm = getattr(backbone, "family", "") == "mlm"
-    task = tasks.get_task(name, backbone.vocab, add_eos=backbone.add_eos_to_targets,
-                          data_dir=data_dir, mlm=backbone.config if mlm else None)
-    return task, mlm
-
-
-def default_truncation(backbone) -> str:
-    """Decoder-only models keep the END of a long input (the template's cue sits
-    right before the target); encoders keep the start, as seqio does."""
-    return "left" if getattr(backbone, "family", "") == "llama" else "right"
+    return backbone.compiled(key, lambda: make_train_step(
+        backbone, make_optimizer(optimizer_cfg), normalization, mesh))
 
 
 def _primary() -> bool:
@@ -289,22 +257,15 @@ class Trainer:
     # -- setup ----------------------------------------------------------------
 
     def _task_spec(self):
-        import tasks
-
         return tasks.get_spec(self.cfg.task)  # unknown task -> ConfigError with close matches
 
     def _mesh(self):
-        from ptransfer.training import partitioning
-
-        mesh = partitioning.make_mesh(self.cfg.mesh_data, self.cfg.mesh_model)
-        partitioning.check_batch_divisible(self.cfg.batch_size, mesh)
+        mesh = sharding.make_mesh(self.cfg.mesh_data, self.cfg.mesh_model)
+        sharding.check_batch_divisible(self.cfg.batch_size, mesh)
         return mesh
 
     def _load_backbone(self, mesh):
         import jax.numpy as jnp
-
-        from ptransfer.backbones import configure_backbone, load_backbone
-        from ptransfer.training.partitioning import shard_params
 
         if self._backbone is not None:
             # A shared backbone keeps its params; only the module's config changes.
@@ -314,24 +275,19 @@ class Trainer:
         dtype = jnp.dtype(self.cfg.backbone_dtype) if self.cfg.backbone_dtype else None
         # The run's seed is the prompt's and the data order's, never the backbone's: a
         # preset is the same random model for every seed.
-        bb = load_backbone(resolve_backbone_spec(self.cfg.backbone), dtype=dtype, mesh=mesh,
+        bb = load_backbone(self.cfg.backbone, dtype=dtype, mesh=mesh,
                            compute_dtype=self.cfg.compute_dtype, remat=self.cfg.remat)
         return bb, bb.params
 
     def bank_run_name(self) -> str:
-        import re
-
-        name = self.cfg.run_name or os.path.basename(os.path.normpath(self.cfg.model_dir))
-        return re.sub(r"[^A-Za-z0-9._+=@-]", "_", name).lstrip(".") or "run"
+        return bank.safe_name(self.cfg.run_name
+                              or os.path.basename(os.path.normpath(self.cfg.model_dir)))
 
     # -- run ------------------------------------------------------------------
 
     def run(self) -> TrainResult:
         import jax
         import jax.numpy as jnp
-
-        from ptransfer import features, prompts, scoring
-        from ptransfer.training import checkpointing, distributed, metric_writers, partitioning
 
         cfg = self.cfg
         t_start = time.perf_counter()
@@ -343,8 +299,8 @@ class Trainer:
 
         mesh = self._mesh()
         backbone, params = self._load_backbone(mesh)
-        task, mlm = load_task(cfg.task, backbone, cfg.data_dir)
-        truncate = cfg.truncate_inputs or default_truncation(backbone)
+        task, mlm = data.load_task(cfg.task, backbone, cfg.data_dir)
+        truncate = cfg.truncate_inputs or backbone.truncation_side
         lengths = {"inputs": cfg.input_length, "targets": cfg.target_length}
         # The training stream first: an empty or missing split stops here, before any
         # evaluation set is built or anything is compiled.
@@ -353,7 +309,7 @@ class Trainer:
         start = min(latest or 0, cfg.train_steps)
         shard_index, num_shards = distributed.host_shard_info(mesh)
         local_bs = distributed.per_host_batch_size(cfg.batch_size, mesh)
-        batches = features.iterate_batches(task, cfg.train_split, local_bs, lengths, seed=cfg.seed,
+        batches = data.iterate_batches(task, cfg.train_split, local_bs, lengths, seed=cfg.seed,
                                            start_step=start, shard_index=shard_index,
                                            num_shards=num_shards, truncate_inputs=truncate)
         pending = [next(batches)] if start < cfg.train_steps else []
@@ -369,10 +325,10 @@ class Trainer:
 
         optimizer = make_optimizer(cfg.optimizer)  # init with this run's rate; the step reads it
         train_step = _cached_step(backbone, cfg.optimizer, cfg.loss_normalization, mesh)
-        rep = partitioning.replicated(mesh)
+        rep = sharding.replicated(mesh)
 
         # State: fresh, or restored exactly from the latest checkpoint.
-        label_words = list((spec.mlm_label_words if mlm else spec.label_words) or ())
+        label_words = data.label_words(spec, backbone)
         if latest is None:
             prompt0 = prompts.init_prompt(cfg.init_from, backbone, cfg.prompt_length,
                                           seed=cfg.seed, label_words=label_words)
@@ -481,8 +437,8 @@ class Trainer:
         exported = best_np if cfg.export == "best" else final_np
         entry = None
         if writer_on:
-            atomic.write_npy(fileio.join(model_dir, "prompt.npy"), final_np)
-            atomic.write_npy(fileio.join(model_dir, "best_prompt.npy"), best_np)
+            fileio.write_npy(fileio.join(model_dir, "prompt.npy"), final_np)
+            fileio.write_npy(fileio.join(model_dir, "best_prompt.npy"), best_np)
             entry = self._write_bank(backbone, exported, init_desc, best_score, best_step, metric,
                                      curve.records)
         ckpt.close()
@@ -501,8 +457,6 @@ class Trainer:
 
     def _write_bank(self, backbone, prompt, init_desc, best_score, best_step, metric,
                     records) -> str:
-        from ptransfer.transfer import bank
-
         cfg = self.cfg
         bank_dir = cfg.bank_dir or fileio.join(cfg.model_dir, "bank")
         run = self.bank_run_name()
@@ -539,8 +493,6 @@ def _nonfinite_message(loss: float, step: int, ckpt) -> str:
 
 def build_train_config() -> TrainConfig:
     """The gin-configured TrainConfig (gin must be parsed), or one ConfigError."""
-    from ptransfer.training.gin_setup import build_configurable
-
     return build_configurable(TrainConfig, "TrainConfig")
 
 

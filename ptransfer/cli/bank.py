@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 
-from ptransfer.errors import ConfigError
+from ptransfer.core.errors import ConfigError
 
 DEFAULT_BANK = os.environ.get("PTRANSFER_BANK", "bank")
 
@@ -76,7 +76,7 @@ def _table(header, rows) -> str:
 
 
 def run_list(args) -> int:
-    from ptransfer.transfer import bank
+    from ptransfer.bank import store as bank
 
     entries = bank.list_entries(args.bank, args.backbone, args.task, require=True)
     if args.seeds:
@@ -104,7 +104,7 @@ def run_list(args) -> int:
 def run_show(args) -> int:
     import numpy as np
 
-    from ptransfer.transfer import bank
+    from ptransfer.bank import store as bank
 
     entry = bank.resolve_ref(args.bank, args.entry)
     prompt, meta, metrics = bank.read_entry(entry.path)
@@ -122,7 +122,8 @@ def run_show(args) -> int:
 def run_export(args) -> int:
     import numpy as np
 
-    from ptransfer.transfer import bank, peft_format
+    from ptransfer.bank import peft_format
+    from ptransfer.bank import store as bank
 
     entry = bank.resolve_ref(args.bank, args.entry)
     prompt, meta, _ = bank.read_entry(entry.path)
@@ -144,8 +145,9 @@ def run_export(args) -> int:
 def run_import(args) -> int:
     import numpy as np
 
-    from ptransfer.errors import CheckpointError
-    from ptransfer.transfer import bank, peft_format
+    from ptransfer.bank import peft_format
+    from ptransfer.bank import store as bank
+    from ptransfer.core.errors import CheckpointError
 
     source = os.path.abspath(args.source)
     provenance = {"imported_from": source, "format": args.format}
@@ -168,8 +170,8 @@ def run_import(args) -> int:
 
 
 def main(argv=None) -> int:
-    """Stand-alone entry (`python -m ptransfer.transfer.bank_cli ...`), for tests."""
-    from ptransfer.errors import PtransferError
+    """Stand-alone entry (`python -m ptransfer.cli.bank ...`), for tests."""
+    from ptransfer.core.errors import PtransferError
 
     parser = argparse.ArgumentParser(prog="ptransfer")
     add_bank_commands(parser.add_subparsers(dest="command"))

@@ -11,7 +11,7 @@ DEMO_REQUIRED = ("BACKBONE",)
 
 
 def add_cli(subparsers) -> None:
-    from ptransfer.training.gin_setup import add_gin_arguments
+    from ptransfer.cli.gin_setup import add_gin_arguments
 
     p = subparsers.add_parser(
         "demo", help="prompt bank, transfer matrix, TPT, indicators and REPORT.md in one run",
@@ -27,14 +27,14 @@ def add_cli(subparsers) -> None:
 
 
 def _run_demo(args) -> int:
-    from ptransfer.errors import ConfigError
-    from ptransfer.training import gin_setup
+    from ptransfer.cli import gin_setup
+    from ptransfer.core.errors import ConfigError
 
     if not args.gin_file:
         raise ConfigError("no --gin_file given; e.g. --gin_file=experiments/demo.gin.")
     gin_setup.parse_gin(args.gin_file, args.gin_binding, required=DEMO_REQUIRED,
                         search_paths=args.gin_search_path)
-    from ptransfer.demo import run_demo
+    from ptransfer.experiments.demo import run_demo
 
     print(run_demo())
     return 0
@@ -43,7 +43,7 @@ def _run_demo(args) -> int:
 def _run_report(args) -> int:
     import os
 
-    from ptransfer.errors import DataError
+    from ptransfer.core.errors import DataError
     from ptransfer.report.markdown import write_report
 
     if not os.path.exists(os.path.join(args.results_dir, "cross_task.json")):

@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import io
+import json
 import os
 import posixpath
 import re
 import shutil
 import uuid
+
+import numpy as np
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -212,21 +216,44 @@ def rename(src: str, dst: str) -> None:
         _gfile().rename(src, dst, overwrite=False)
 
 
-def atomic_write(path: str, data: bytes | str) -> str:
-    """Writes `data` to `path` via a temp file/object and a rename; returns `path`.
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w"):
+    """A file object on a temp path beside `path`, renamed over `path` when the
+    block ends without an error (the temp file is removed otherwise).
 
-    Readers see the old content or the new, never a partial file; on a
+    The one atomic writer of ptransfer: readers see the old content or the new,
+    never a partial file (a local file is fsynced before the rename); on a
     remote path see the module docstring for what "atomic" means there.
     """
-    mode = "w" if isinstance(data, str) else "wb"
     tmp = f"{path}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp, mode) as f:
-            f.write(data)
+            yield f
+            if not is_remote(path):
+                f.flush()
+                os.fsync(f.fileno())
         replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             if exists(tmp):
                 remove(tmp)
         raise
+
+
+def atomic_write(path: str, data: bytes | str) -> str:
+    """Writes `data` to `path` through `atomic_open`; returns `path`."""
+    with atomic_open(path, "w" if isinstance(data, str) else "wb") as f:
+        f.write(data)
     return path
+
+
+def write_json(path: str, data, *, sort_keys: bool = False) -> str:
+    """`data` as indented JSON, written atomically (`atomic_write`); returns `path`."""
+    return atomic_write(path, json.dumps(data, indent=1, sort_keys=sort_keys))
+
+
+def write_npy(path: str, array) -> str:
+    """`array` as a `.npy` file (no pickles), written atomically; returns `path`."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    return atomic_write(path, buf.getvalue())

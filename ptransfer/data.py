@@ -42,11 +42,38 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from ptransfer.errors import ConfigError, DataError
+import tasks
+from ptransfer.core.errors import ConfigError, DataError
+from ptransfer.core.vocab import check_single_token_label_words
+from tasks import registry
+from tasks.registry import VERBALIZER_ERROR
+from tasks.specs import get_spec
 
 TRUNCATE_MODES = ("right", "left")
 DEFAULT_SHUFFLE_BUFFER = 16384
 BATCH_KEYS = ("inputs", "inputs_mask", "targets", "targets_mask")
+
+
+# ---- tasks for a backbone ---------------------------------------------------------------
+
+def load_task(name: str, backbone, data_dir: str | None = None):
+    """(seqio Task of `name` for the backbone's vocabulary, whether it is the masked-LM form)."""
+    mlm = backbone.masked_lm
+    task = tasks.get_task(name, backbone.vocab, add_eos=backbone.add_eos_to_targets,
+                          data_dir=data_dir, mlm=backbone.config if mlm else None)
+    return task, mlm
+
+
+def default_truncation(backbone) -> str:
+    """The side a too-long input is cut on for this backbone (`Backbone.truncation_side`)."""
+    return backbone.truncation_side
+
+
+def label_words(spec, backbone) -> list[str]:
+    """The label words of `spec` in the form `backbone` scores: the masked-LM
+    verbalizer for a masked LM, the task's label words otherwise (empty for
+    generative tasks). Prompt initializers ('label' init) and scoring use these."""
+    return list((spec.mlm_label_words if backbone.masked_lm else spec.label_words) or ())
 
 
 # ---- label candidates for rank classification ------------------------------------------
@@ -69,16 +96,12 @@ def label_candidates(spec, vocabulary, add_eos: bool, target_len: int, *, mlm: b
       log-likelihood favour the shorter label for any input; with `mlm`, if a
       label word is not exactly one token (message names the word and task).
     """
-    from tasks.specs import get_spec
-
     spec = get_spec(spec)
     words = spec.mlm_label_words if mlm else spec.label_words
     if not words:
         raise ConfigError(f"task {spec.name!r} ({spec.type}) has no label words: it is scored "
                           "by decoding, not by rank classification.")
     if mlm:  # one token each, read at the mask slot; the error names the word and the task
-        from ptransfer.backbones.mlm import check_single_token_label_words
-
         check_single_token_label_words(vocabulary, words, spec.name)
     seqs = []
     for word in words:
@@ -181,11 +204,7 @@ def make_converter(task, lengths: Mapping[str, int], truncate_inputs: str = "rig
 
 
 def _mlm_mask_id(task):
-    try:
-        from tasks import registry
-    except ImportError:  # pragma: no cover - tasks is part of this repository
-        return None
-    info = registry._REGISTERED.get(task.name)
+    info = registry.find_registered(task)
     return info.mlm.mask_id if info is not None and info.mlm is not None else None
 
 
@@ -194,9 +213,7 @@ def _mlm_mask_id(task):
 def _check_split(task, split: str) -> None:
     splits = list(task.splits)
     if split not in splits:
-        from tasks import registry
-
-        info = registry._REGISTERED.get(task.name)
+        info = registry.find_registered(task)
         extra = " (it is evaluation-only)" if info and info.spec.evaluation_only else ""
         raise DataError(f"task {task.name!r} has no split {split!r}{extra}; it has {splits}.")
 
@@ -215,8 +232,6 @@ def _examples(task, split: str, shard_index: int, num_shards: int):
 def _numpy_batches(ds, what: str):
     """Iterates a tf dataset as numpy, turning verbalizer assertions into DataError."""
     import tensorflow as tf
-
-    from tasks.registry import VERBALIZER_ERROR
 
     it = iter(ds.as_numpy_iterator())
     while True:

@@ -6,8 +6,6 @@
   aligned token pairs (a, b) of the two input-embedding tables, then map every
   prompt token: P_tgt = P_src @ W. No bias term (the two tables' means are
   part of the fit through the shared tokens).
-* The random-prompt baseline: a Gaussian prompt with the Frobenius norm of
-  the prompt it stands in for (the same baseline as the transfer matrix's).
 
 Token alignment (`token_alignment`):
   * the same vocabulary (seqio equality: same class and same model) -> the
@@ -26,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ptransfer.errors import ConfigError
+from ptransfer.core.errors import ConfigError
 
 
 def _real_size(vocab, table_rows: int) -> int:
@@ -115,11 +113,3 @@ def fit_recycler(source, target, max_tokens: int | None = None) -> np.ndarray:
             f"than the source width {src_table.shape[1]}; the least-squares map would be "
             "underdetermined. Use backbones whose tokenizers share more tokens.")
     return fit_linear_map(src_table[src_ids], tgt_table[tgt_ids])
-
-
-def random_prompt_like(prompt, seed: int = 0) -> np.ndarray:
-    """The random-prompt baseline: a Gaussian prompt of `prompt`'s shape [L, D] and
-    Frobenius norm (the transfer matrix's baseline, `matrix.random_prompt_like`)."""
-    from ptransfer.transfer.matrix import random_prompt_like as _matrix_random
-
-    return _matrix_random(np.asarray(prompt, np.float32)[None], seed)

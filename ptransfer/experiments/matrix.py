@@ -26,31 +26,24 @@ from typing import Sequence
 
 import numpy as np
 
-from ptransfer.errors import ConfigError
+import tasks
+from ptransfer import scoring
+from ptransfer.bank import store as bank
+from ptransfer.core.errors import ConfigError
+from ptransfer.data import default_truncation, load_task
+from ptransfer.prompts import random_prompt_like
+from tasks.specs import TYPES
 
 log = logging.getLogger(__name__)
 
 
 def order_by_type(names: Sequence[str]) -> list[str]:
     """Task names grouped by task type (sentiment first, as the paper's figure), stable within."""
-    import tasks
-    from tasks.specs import TYPES
-
     return sorted(names, key=lambda n: (TYPES.index(tasks.get_spec(n).type), list(names).index(n)))
-
-
-def random_prompt_like(prompts: np.ndarray, seed: int = 0) -> np.ndarray:
-    """A Gaussian prompt [L, D] whose Frobenius norm is the mean norm of `prompts` [K, L, D]."""
-    rng = np.random.default_rng(seed)
-    out = rng.standard_normal(prompts.shape[1:]).astype(np.float32)
-    target = float(np.mean(np.linalg.norm(prompts.reshape(len(prompts), -1), axis=1)))
-    return out * (target / float(np.linalg.norm(out)))
 
 
 def load_bank_prompts(bank_dir: str, backbone, sources: Sequence[str] | None = None):
     """(entries, prompts [K, L, D]) for the bank prompts of `backbone`, checked to stack."""
-    from ptransfer.transfer import bank
-
     entries = bank.list_entries(bank_dir, backbone=backbone.name, require=True)
     if sources is not None:
         missing = sorted(set(sources) - {e.task for e in entries})
@@ -74,7 +67,7 @@ def load_bank_prompts(bank_dir: str, backbone, sources: Sequence[str] | None = N
 
 def check_servable(backbone, spec) -> None:
     """A masked-LM backbone only ranks label words; it cannot serve generative tasks."""
-    if getattr(backbone, "family", "") == "mlm" and not spec.is_classification:
+    if not backbone.can_generate and not spec.is_classification:
         raise ConfigError(f"target task {spec.name!r} is {spec.type} (generative), which the "
                           f"masked-LM backbone {backbone.name!r} cannot serve; drop it from "
                           "--targets.")
@@ -91,11 +84,6 @@ def cross_task_matrix(backbone, bank_dir: str, targets: Sequence[str], *,
     metric); `split` falls back to 'validation' for a task that lacks it and for
     evaluation-only tasks (their validation split is the balanced one).
     """
-    import tasks
-
-    from ptransfer import scoring
-    from ptransfer.training.trainer import default_truncation, load_task
-
     t0 = time.perf_counter()
     specs = {t: tasks.get_spec(t) for t in targets}
     for spec in specs.values():

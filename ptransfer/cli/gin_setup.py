@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ptransfer.errors import ConfigError, close_matches_hint
+from ptransfer.core.errors import ConfigError, close_matches_hint
 
 _GIN_FLAG = re.compile(r"^--gin\.(?P<name>[^=]+)=(?P<value>.*)$", re.S)
 _MACRO_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -40,7 +40,8 @@ CONFIGURABLE_MODULES = (
     "ptransfer.training.trainer",
     "ptransfer.training.evaluation",
     "ptransfer.prompts",
-    "ptransfer.demo",
+    "ptransfer.projector.training",
+    "ptransfer.experiments.demo",
 )
 
 
@@ -231,15 +232,3 @@ def config_text() -> str:
     import gin
 
     return gin.config_str()
-
-
-def build_configurable(cls, what: str):
-    """`cls()` filled in by gin, with gin's errors turned into one ConfigError."""
-    try:
-        return cls()
-    except TypeError as e:
-        msg = re.sub(r"\s+", " ", str(e)).strip()
-        m = re.search(r"missing \d+ required (?:positional|keyword-only) arguments?: (.*?)(?: No values| In call|$)", msg)
-        missing = m.group(1) if m else msg
-        raise ConfigError(f"{what}: not configured: {missing}. Bind them in a gin file or with "
-                          "--gin.<Configurable>.<param>=... (see gin_configs/runs/).") from None

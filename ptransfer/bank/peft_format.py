@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
 
-from ptransfer.errors import CheckpointError, ConfigError
+from ptransfer import backbones
+from ptransfer.core import fileio
+from ptransfer.core.errors import CheckpointError, ConfigError
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -77,21 +78,6 @@ def peft_config(num_virtual_tokens: int, token_dim: int, task_type: str, *,
     }
 
 
-def _replace_file(path: str, data: bytes) -> None:
-    """Atomic replace of one file (temp file in the same directory, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def export_peft(prompt, out_dir: str, task_type: str, **config_kw) -> str:
     """Writes prompt [L, D] as a PEFT prompt-tuning adapter into `out_dir`.
 
@@ -111,9 +97,9 @@ def export_peft(prompt, out_dir: str, task_type: str, **config_kw) -> str:
     rows = np.zeros((arr.shape[0] * config["num_transformer_submodules"], arr.shape[1]), np.float32)
     rows[:arr.shape[0]] = arr
     os.makedirs(out_dir, exist_ok=True)
-    _replace_file(os.path.join(out_dir, WEIGHTS_FILE),
+    fileio.atomic_write(os.path.join(out_dir, WEIGHTS_FILE),
                   save({PROMPT_KEY: rows}, metadata={"format": "pt"}))
-    _replace_file(os.path.join(out_dir, CONFIG_FILE),
+    fileio.atomic_write(os.path.join(out_dir, CONFIG_FILE),
                   (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
     return out_dir
 
@@ -176,37 +162,12 @@ def import_peft(adapter_dir: str) -> tuple[np.ndarray, dict]:
     return np.ascontiguousarray(rows[:n], np.float32), config
 
 
-def _family_of_spec(spec) -> str | None:
-    """Backbone family from a load_backbone spec, without loading the model."""
-    if not isinstance(spec, str) or ":" not in spec:
-        return None
-    kind, _, rest = spec.partition(":")
-    if kind == "gguf":
-        return "llama"
-    if kind == "t5x":
-        return "t5"
-    from ptransfer import backbones
-
-    if kind == "preset":
-        return backbones.all_presets().get(rest)
-    if kind == "hf":
-        try:
-            with open(os.path.join(rest, "config.json")) as f:
-                arch = (json.load(f).get("architectures") or [None])[0]
-        except (OSError, ValueError):
-            return None
-        for fam in backbones.FAMILY_MODULES:
-            if arch in backbones._family(fam).HF_ARCHITECTURES:
-                return fam
-    return None
-
-
 def task_type_for(meta: dict, task_type: str | None = None) -> str:
     """The PEFT task_type for a bank entry: explicit, else from its backbone family
     (meta 'family', else inferred from meta 'backbone_spec')."""
     if task_type:
         return task_type
-    family = meta.get("family") or _family_of_spec(
+    family = meta.get("family") or backbones.family_of_spec(
         meta.get("backbone_spec") or (meta.get("provenance") or {}).get("backbone_spec"))
     if family in FAMILY_TASK_TYPES:
         return FAMILY_TASK_TYPES[family]

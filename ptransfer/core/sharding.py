@@ -13,10 +13,11 @@ import math
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ptransfer.errors import ConfigError
+from ptransfer.core.errors import ConfigError
 
 MESH_AXES = ("data", "model")
 
@@ -101,6 +102,23 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) dimension over 'data', the rest replicated."""
     return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def place_host_array(x, sharding: NamedSharding | None) -> jax.Array:
+    """A host array that every process holds in full -> a jax.Array laid out by
+    `sharding` (each device takes its slice); None: a plain default-device array."""
+    x = np.asarray(x)
+    if sharding is None:
+        return jnp.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def place_leading(x, mesh: Mesh) -> jax.Array:
+    """A host array [N, ...] over the mesh: its leading dimension split over 'data'
+    when N divides evenly, else replicated."""
+    x = np.asarray(x)
+    divisible = x.ndim >= 1 and x.shape[0] % mesh.shape["data"] == 0
+    return place_host_array(x, batch_sharding(mesh) if divisible else replicated(mesh))
 
 
 def check_batch_divisible(batch_size: int, mesh: Mesh) -> None:

@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 
-from ptransfer.atomic import write_json as _write_json
+from ptransfer.core.fileio import write_json as _write_json
 
 
 def _csv(text: str) -> list[str]:
@@ -21,7 +21,7 @@ def _csv(text: str) -> list[str]:
 
 
 def add_cli(subparsers) -> None:
-    from ptransfer.training.gin_setup import add_gin_arguments
+    from ptransfer.cli.gin_setup import add_gin_arguments
 
     p = subparsers.add_parser("transfer", help="cross-task transfer: zero-shot matrix, TPT")
     sub = p.add_subparsers(dest="transfer_command", metavar="SUBCOMMAND", required=True)
@@ -54,16 +54,15 @@ def add_cli(subparsers) -> None:
     i.add_argument("--out", required=True, help="directory for tpt.json, runs and curves")
     i.set_defaults(func=_run_init)
 
-    from ptransfer.transfer import project_cli
+    from ptransfer.cli import project as project_cli
 
     project_cli.add_project_commands(subparsers)
 
 
 def _run_matrix(args) -> int:
-    from ptransfer.backbones import load_backbone
+    from ptransfer.backbones import load_backbone, resolve_backbone_spec
+    from ptransfer.experiments.matrix import cross_task_matrix
     from ptransfer.report import plots
-    from ptransfer.training.trainer import resolve_backbone_spec
-    from ptransfer.transfer.matrix import cross_task_matrix
 
     backbone = load_backbone(resolve_backbone_spec(args.backbone))
     result = cross_task_matrix(backbone, args.bank, args.targets, sources=args.sources,
@@ -82,14 +81,14 @@ def _run_matrix(args) -> int:
 def _run_init(args) -> int:
     import dataclasses
 
-    from ptransfer.backbones import load_backbone
-    from ptransfer.errors import ConfigError
+    from ptransfer.backbones import load_backbone, resolve_backbone_spec
+    from ptransfer.bank import store as bank
+    from ptransfer.cli import gin_setup
+    from ptransfer.cli.train import TRAIN_REQUIRED
+    from ptransfer.core.errors import ConfigError
+    from ptransfer.experiments.tpt import run_pair
     from ptransfer.report import plots
-    from ptransfer.training import gin_setup
-    from ptransfer.training.cli import TRAIN_REQUIRED
-    from ptransfer.training.trainer import Trainer, build_train_config, resolve_backbone_spec
-    from ptransfer.transfer import bank
-    from ptransfer.transfer.init_transfer import run_pair
+    from ptransfer.training.trainer import Trainer, build_train_config
 
     gin_setup.parse_gin(args.gin_file, args.gin_binding, required=TRAIN_REQUIRED,
                         search_paths=args.gin_search_path)
@@ -99,7 +98,7 @@ def _run_init(args) -> int:
     if args.source == "auto":
         if not args.bank:
             raise ConfigError("--source auto needs --bank to rank prompts from.")
-        from ptransfer.indicators.pipeline import rank_sources_by_on
+        from ptransfer.experiments.indicators import rank_sources_by_on
 
         probe_cfg = dataclasses.replace(base, train_steps=args.probe_steps, eval_every=0,
                                         model_dir=os.path.join(args.out, "probe", base.task),

@@ -5,7 +5,7 @@
   ptransfer eval --gin_file=models/smollm2_135m.gin --gin_file=runs/prompt_eval.gin \\
       --gin.TASK=mr --gin.PROMPT=/tmp/run/bank/smollm2_135m/mr/run
 
-Gin files are found through the gin search path (see `ptransfer.training.gin_setup`).
+Gin files are found through the gin search path (see `ptransfer.cli.gin_setup`).
 Heavy imports (jax, seqio) happen inside the run functions.
 """
 
@@ -21,7 +21,7 @@ EVAL_REQUIRED = ("BACKBONE", "TASK", "PROMPT")
 
 
 def add_cli(subparsers) -> None:
-    from ptransfer.training.gin_setup import add_gin_arguments
+    from ptransfer.cli.gin_setup import add_gin_arguments
 
     p = subparsers.add_parser(
         "train", help="prompt-tune a frozen backbone (gin-configured)",
@@ -42,16 +42,16 @@ def add_cli(subparsers) -> None:
     add_gin_arguments(p)
     p.set_defaults(func=_run_eval)
 
-    from ptransfer.transfer import bank_cli
+    from ptransfer.cli import bank as bank_cli
 
     bank_cli.add_bank_commands(subparsers)
 
 
 def _parse(args, required) -> None:
-    from ptransfer.training import gin_setup
+    from ptransfer.cli import gin_setup
 
     if not args.gin_file:
-        from ptransfer.errors import ConfigError
+        from ptransfer.core.errors import ConfigError
 
         raise ConfigError("no --gin_file given; e.g. --gin_file=models/t5_tiny.gin "
                           "--gin_file=runs/prompt_tune.gin --gin_file=prompts/random.gin.")
@@ -60,13 +60,14 @@ def _parse(args, required) -> None:
 
 
 def _run_train(args) -> int:
-    from ptransfer.training import gin_setup
+    from ptransfer.cli import gin_setup
 
     _parse(args, TRAIN_REQUIRED)
     if args.print_config:
         print(gin_setup.config_text())
         return 0
-    from ptransfer.training import distributed, trainer
+    from ptransfer.core import distributed
+    from ptransfer.training import trainer
 
     distributed.maybe_initialize_distributed()
     distributed.hide_accelerators_from_tensorflow()
@@ -81,7 +82,8 @@ def _run_train(args) -> int:
 
 def _run_eval(args) -> int:
     _parse(args, EVAL_REQUIRED)
-    from ptransfer.training import distributed, evaluation
+    from ptransfer.core import distributed
+    from ptransfer.training import evaluation
 
     distributed.maybe_initialize_distributed()
     distributed.hide_accelerators_from_tensorflow()

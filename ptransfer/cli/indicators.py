@@ -30,13 +30,12 @@ def _run(args) -> int:
     import json
     import os
 
-    from ptransfer.atomic import write_json
-    from ptransfer.backbones import load_backbone
-    from ptransfer.errors import DataError
-    from ptransfer.indicators.pipeline import compute_indicators
+    from ptransfer.backbones import load_backbone, resolve_backbone_spec
+    from ptransfer.bank import store as bank
+    from ptransfer.core.errors import DataError
+    from ptransfer.core.fileio import write_json
+    from ptransfer.experiments.indicators import compute_indicators
     from ptransfer.report import plots
-    from ptransfer.training.trainer import resolve_backbone_spec
-    from ptransfer.transfer import bank
 
     if not os.path.exists(args.matrix):
         raise DataError(f"{args.matrix} does not exist; run `ptransfer transfer matrix` first.")

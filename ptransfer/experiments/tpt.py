@@ -20,7 +20,9 @@ import os
 from statistics import mean
 from typing import Callable, Sequence
 
-from ptransfer.errors import ConfigError
+from ptransfer.core.errors import ConfigError
+from ptransfer.experiments.speedups import speedups
+from ptransfer.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,6 @@ def run_pair(base, source_prompt: str, source_name: str, target: str, seeds: Seq
       init_scheme: 'file' (same backbone) or 'projected' (TPT_MODEL).
       pt_model_dir: (target, seed) -> model dir of the vanilla PT run to reuse.
     """
-    from ptransfer.training.trainer import Trainer
-    from ptransfer.transfer.speedups import speedups
-
     if not seeds:
         raise ConfigError("transfer init needs at least one seed.")
     if not os.path.exists(source_prompt):

@@ -20,7 +20,7 @@ with '.', and resolved paths are checked, so no entry lands outside the bank.
 Prompts are read with `np.load(allow_pickle=False)`.
 
 A bank may be remote (gs://, any tf.io.gfile filesystem; see
-`ptransfer.fileio`). An object store has no atomic directory rename, so there
+`ptransfer.core.fileio`). An object store has no atomic directory rename, so there
 the files are written straight into the entry directory (each via a temp
 object and a rename) and COMPLETE, with the files' sha256, is written last:
 a crash leaves an entry without COMPLETE, which is not listed and which the
@@ -45,8 +45,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ptransfer import fileio
-from ptransfer.errors import CheckpointError, ConfigError, DataError, close_matches_hint
+from ptransfer import __version__
+from ptransfer.core import fileio
+from ptransfer.core.errors import CheckpointError, ConfigError, DataError, close_matches_hint
 
 PROMPT_FILE = "prompt.npy"
 META_FILE = "meta.json"
@@ -59,6 +60,14 @@ ENTRY_FILES = (PROMPT_FILE, META_FILE, METRICS_FILE)
 REQUIRED_META = ("init", "steps", "best_score", "metric", "seed")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}")
+
+
+def safe_name(raw: str, default: str = "run") -> str:
+    """`raw` made into a name `check_name` accepts: characters outside
+    [A-Za-z0-9._+=@-] become '_', leading non-alphanumerics are dropped, at most
+    200 characters; `default` when nothing is left."""
+    name = re.sub(r"[^A-Za-z0-9._+=@-]", "_", raw)
+    return re.sub(r"^[^A-Za-z0-9]+", "", name)[:200] or default
 
 
 def check_name(kind: str, name) -> str:
@@ -138,8 +147,6 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 
 
 def _complete_meta(backbone, task, run, prompt: np.ndarray, meta: Mapping) -> dict:
-    from ptransfer import __version__
-
     meta = dict(meta)
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:

@@ -14,16 +14,16 @@ import importlib
 import logging
 import sys
 
-from ptransfer.errors import PtransferError
+from ptransfer.core.errors import PtransferError
 
 # Modules that register subcommands, in the order `--help` lists them.
 COMMAND_MODULES = (
-    "ptransfer.assets",
-    "tasks.cli",
-    "ptransfer.training.cli",
-    "ptransfer.transfer.cli",
-    "ptransfer.indicators.cli",
-    "ptransfer.report.cli",
+    "ptransfer.cli.assets",
+    "ptransfer.cli.tasks",
+    "ptransfer.cli.train",
+    "ptransfer.cli.transfer",
+    "ptransfer.cli.indicators",
+    "ptransfer.cli.report",
 )
 
 

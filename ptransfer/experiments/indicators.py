@@ -8,7 +8,7 @@ table). ON is also computed on every window of consecutive layers, to show
 where its signal lives.
 
 Stimulus: "dummy" (the paper's single fixed input: the text "." — one
-ordinary token; a masked LM gets its start, mask and end tokens, `dummy_mlm_ids()`) or
+ordinary token; a masked LM gets its start, mask and end tokens: `Backbone.stimulus_ids()`) or
 "task:<name>" (the first `stimulus_examples` validation examples of a task).
 
 Output keys: backbone, tasks, stimulus, positions, threshold, window_size,
@@ -23,7 +23,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ptransfer.errors import ConfigError
+import tasks
+from ptransfer import scoring
+from ptransfer.core.errors import ConfigError
+from ptransfer.data import default_truncation, load_task
+from ptransfer.experiments.matrix import load_bank_prompts
+from ptransfer.indicators import correlation, neurons, similarity
 
 SIMILARITY_NAMES = ("E_concat", "E_average", "C_concat", "C_average")
 
@@ -34,22 +39,9 @@ def stimulus_batch(backbone, stimulus: str = "dummy", examples: int = 8, data_di
     import jax.numpy as jnp  # noqa: F401  (jax initialised before tf in some setups)
 
     if stimulus == "dummy":
-        vocab = backbone.vocab
-        if getattr(backbone, "family", "") == "mlm":
-            ids = list(backbone.dummy_mlm_ids()) if hasattr(backbone, "dummy_mlm_ids") else None
-            if ids is None:
-                raise ConfigError("the dummy stimulus needs the backbone's mask token; use "
-                                  "--stimulus task:<name> for this backbone.")
-        else:
-            ids = [int(i) for i in vocab.encode(".")]
-        arr = np.asarray([ids], np.int32)
+        arr = np.asarray([backbone.stimulus_ids()], np.int32)
         return arr, np.ones_like(arr)
     if stimulus.startswith("task:"):
-        import tasks
-
-        from ptransfer import scoring
-        from ptransfer.training.trainer import default_truncation, load_task
-
         name = stimulus.partition(":")[2]
         spec = tasks.get_spec(name)
         task, mlm = load_task(name, backbone, data_dir)
@@ -71,9 +63,6 @@ def compute_indicators(backbone, bank_dir: str, cross_task: dict, *, stimulus: s
                        stimulus_examples: int = 8, positions="last", threshold: float = 0.0,
                        window_size: int = 3, data_dir=None) -> dict:
     """Every indicator for every task pair, and their Spearman correlations with transfer."""
-    from ptransfer.indicators import correlation, neurons, similarity
-    from ptransfer.transfer.matrix import load_bank_prompts
-
     if cross_task["backbone"] != backbone.name:
         raise ConfigError(f"the transfer matrix is for backbone {cross_task['backbone']!r}, not "
                           f"{backbone.name!r}; compute both on the same backbone.")
@@ -148,9 +137,6 @@ def rank_sources_by_on(backbone, target_prompt: np.ndarray, bank_dir: str, targe
 
     Returns [(entry ref, ON)] best first; used by `transfer init --sources auto`.
     """
-    from ptransfer.indicators import neurons
-    from ptransfer.transfer.matrix import load_bank_prompts
-
     entries, stack = load_bank_prompts(bank_dir, backbone)
     keep = [i for i, e in enumerate(entries) if e.task != target]
     if not keep:

@@ -30,6 +30,8 @@ import argparse
 import json
 import os
 
+from ptransfer.core import fileio
+
 SPEC_PREFIXES = ("preset:", "hf:", "t5x:", "gguf:")
 
 
@@ -38,7 +40,7 @@ def _csv(text: str) -> list[str]:
 
 
 def add_project_commands(subparsers) -> None:
-    from ptransfer.training.gin_setup import add_gin_arguments
+    from ptransfer.cli.gin_setup import add_gin_arguments
 
     p = subparsers.add_parser("project", help="cross-model prompt projector and TPT_MODEL")
     sub = p.add_subparsers(dest="project_command", metavar="SUBCOMMAND", required=True)
@@ -103,11 +105,10 @@ def add_project_commands(subparsers) -> None:
 def _load_or_id(value: str, mesh=None):
     """A Backbone for a spec, or the bank id itself for a bare name."""
     if value.startswith(SPEC_PREFIXES) or "{cache}" in value:
-        from ptransfer.backbones import load_backbone
-        from ptransfer.training.trainer import resolve_backbone_spec
+        from ptransfer.backbones import load_backbone, resolve_backbone_spec
 
         return load_backbone(resolve_backbone_spec(value), mesh=mesh)
-    from ptransfer.transfer.bank import check_name
+    from ptransfer.bank.store import check_name
 
     return check_name("backbone", value)
 
@@ -115,11 +116,14 @@ def _load_or_id(value: str, mesh=None):
 def run_train(args) -> int:
     import dataclasses
 
-    from ptransfer.training import gin_setup, partitioning
-    from ptransfer.transfer import projector as pj
+    from ptransfer.cli import gin_setup
+    from ptransfer.core import sharding
+    from ptransfer.experiments import cross_model
+    from ptransfer.projector import model as pj
+    from ptransfer.projector import training as pj_training
 
     gin_setup.parse_gin(args.gin_file, args.gin_binding, search_paths=args.gin_search_path)
-    recipe = pj.projector_recipe()
+    recipe = pj_training.projector_recipe()
     settings = recipe.settings
     changes = {k: v for k, v in (("objective", args.objective), ("steps", args.steps),
                                  ("learning_rate", args.learning_rate), ("seed", args.seed))
@@ -129,7 +133,7 @@ def run_train(args) -> int:
         recipe, settings=settings,
         **{k: v for k, v in (("hidden", args.hidden), ("activation", args.activation),
                              ("batch_size", args.batch_size)) if v is not None})
-    mesh = partitioning.make_mesh(args.mesh_data, args.mesh_model)
+    mesh = sharding.make_mesh(args.mesh_data, args.mesh_model)
     source = _load_or_id(args.source_backbone)
     source_id = pj.backbone_id(source)
     target = _load_or_id(args.target_backbone, mesh=mesh)
@@ -137,7 +141,7 @@ def run_train(args) -> int:
     def log(row):
         print(json.dumps(row), flush=True)
 
-    trained = pj.train_from_bank(args.bank, source_id, target, args.tasks, recipe, args.out,
+    trained = cross_model.train_from_bank(args.bank, source_id, target, args.tasks, recipe, args.out,
                                  lengths={"inputs": args.input_length,
                                           "targets": args.target_length},
                                  data_dir=args.data_dir, mesh=mesh, overwrite=args.overwrite,
@@ -148,9 +152,9 @@ def run_train(args) -> int:
 
 
 def run_apply(args) -> int:
-    from ptransfer.transfer import projector as pj
+    from ptransfer.experiments import cross_model
 
-    paths = pj.apply_to_bank(args.projector, args.bank, tasks=args.tasks,
+    paths = cross_model.apply_to_bank(args.projector, args.bank, tasks=args.tasks,
                              out_bank=args.out_bank, overwrite=args.overwrite)
     for path in paths:
         print(path)
@@ -158,12 +162,14 @@ def run_apply(args) -> int:
 
 
 def run_recycle(args) -> int:
-    from ptransfer.transfer import bank, recycling
+    from ptransfer import prompts
+    from ptransfer.bank import store as bank
+    from ptransfer.projector import recycling
 
     source = _load_or_id(args.source_backbone)
     target = _load_or_id(args.target_backbone)
     if isinstance(source, str) or isinstance(target, str):
-        from ptransfer.errors import ConfigError
+        from ptransfer.core.errors import ConfigError
 
         raise ConfigError("recycling reads both embedding tables: give --source-backbone and "
                           "--target-backbone as backbone specs (preset:, hf:, t5x:, gguf:).")
@@ -175,7 +181,7 @@ def run_recycle(args) -> int:
         prompt, meta, _ = entry.read()
         recycled = recycling.recycle_prompt(prompt, w)
         for kind, out in (("recycled", recycled),
-                          ("random", recycling.random_prompt_like(recycled, seed=0))):
+                          ("random", prompts.random_prompt_like(recycled, seed=0))):
             new_meta = {"init": kind, "steps": 0, "best_score": None, "metric": None,
                         "seed": meta.get("seed"),
                         "provenance": {"kind": kind, "source_entry": entry.ref,
@@ -192,25 +198,22 @@ def run_recycle(args) -> int:
 
 
 def run_tpt(args) -> int:
-    from ptransfer.backbones import load_backbone
+    from ptransfer.backbones import load_backbone, resolve_backbone_spec
+    from ptransfer.cli import gin_setup
+    from ptransfer.cli.train import TRAIN_REQUIRED
+    from ptransfer.experiments import cross_model
     from ptransfer.report import plots
-    from ptransfer.training import gin_setup
-    from ptransfer.training.cli import TRAIN_REQUIRED
-    from ptransfer.training.trainer import build_train_config, resolve_backbone_spec
-    from ptransfer.transfer import projector as pj
+    from ptransfer.training.trainer import build_train_config
 
     gin_setup.parse_gin(args.gin_file, args.gin_binding, required=TRAIN_REQUIRED,
                         search_paths=args.gin_search_path)
     base = build_train_config()
     backbone = load_backbone(resolve_backbone_spec(base.backbone))
-    pair = pj.tpt_model(base, args.projector, args.bank, args.source, args.seeds, args.out,
+    pair = cross_model.tpt_model(base, args.projector, args.bank, args.source, args.seeds, args.out,
                         backbone=backbone)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "tpt_model.json")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({"backbone": backbone.name, "pairs": [pair]}, f, indent=1)
-    os.replace(tmp, path)
+    fileio.write_json(path, {"backbone": backbone.name, "pairs": [pair]})
     plots.tpt_curves(pair, os.path.join(args.out, f"curves_{pair['source']}_to_{base.task}.png"))
     print(json.dumps({k: pair[k] for k in ("source", "target", "mean_convergence_speedup",
                                             "mean_comparable_speedup", "pt_best", "tpt_best")}))

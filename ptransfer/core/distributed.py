@@ -21,8 +21,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from ptransfer.errors import ConfigError
-from ptransfer.training.partitioning import batch_sharding
+from ptransfer.core.errors import ConfigError
+from ptransfer.core.sharding import batch_sharding
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import dataclasses
 import math
 from typing import Iterable, Sequence
 
-from ptransfer.errors import DataError
+from ptransfer.core.errors import DataError
 
 Curve = Sequence[tuple[int, float]]
 

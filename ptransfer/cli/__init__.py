@@ -1,0 +1,1 @@
+"""The `ptransfer` command: argument parsing, gin setup and every subcommand."""

@@ -1,0 +1,1 @@
+"""What every layer above may use: errors, file I/O (and the one atomic writer), mesh and sharding, multi-process setup, vocabularies, offline assets."""

@@ -1,0 +1,1 @@
+"""Cross-model mappers: the prompt projector (module, files, objectives and training) and prompt recycling."""
