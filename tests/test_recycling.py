@@ -73,3 +73,26 @@ def test_random_prompt_baseline_has_the_same_norm():
     assert r0.shape == ref.shape and r0.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(r0), np.linalg.norm(ref), rtol=1e-6)
     assert not np.allclose(r0, r1)
+
+
+def test_token_texts_read_both_space_markers():
+    import tokenizers
+    from tokenizers import decoders, models
+
+    from ptransfer.core.vocab import TokenizersVocabulary
+
+    def vocab(words, decoder=None):
+        tok = tokenizers.Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)},
+                                                    unk_token="<unk>"))
+        if decoder is not None:
+            tok.decoder = decoder
+        tok.add_special_tokens(["<pad>", "</s>", "<unk>"])
+        return TokenizersVocabulary(tok, eos_id=1, unk_id=2)
+
+    bpe = vocab(["<pad>", "</s>", "<unk>", "\u0120the", "the", "\u010a", "\u0120cat"],
+                decoders.ByteLevel())
+    spm = vocab(["<pad>", "</s>", "<unk>", "the", "\u2581the", "<0x0A>", "\u2581dog"])
+    assert recycling.token_texts(bpe, 7) == ["", "", "", " the", "the", "\n", " cat"]
+    assert recycling.token_texts(spm, 7) == ["", "", "", "the", " the", "\n", " dog"]
+    src_ids, tgt_ids = recycling.token_alignment(bpe, spm, 7, 7)
+    assert sorted(zip(src_ids.tolist(), tgt_ids.tolist())) == [(3, 4), (4, 3), (5, 5)]

@@ -10,12 +10,14 @@
 Token alignment (`token_alignment`):
   * the same vocabulary (seqio equality: same class and same model) -> the
     identical ids 0 .. V-1 of the real vocabulary;
-  * different tokenizers -> ids whose decoded strings are equal: every id is
-    decoded alone (`vocab.decode([id])`), empty strings (special, control and
-    partial-UTF-8 byte tokens) are dropped, and a string that several ids
-    decode to keeps its lowest id. SentencePiece's decode drops a word's
-    leading space marker, so "▁the" and "the" meet: such pairs embed the same
-    word, which is what the map should learn.
+  * different tokenizers -> ids whose token texts are equal (`token_text`):
+    a byte-level BPE piece is byte-decoded (so `Ġ` reads as a space, `Ċ` as a
+    newline), a SentencePiece-style piece has `▁` read as a space (decoding it
+    alone would drop a word's leading space, and "▁the" would meet the
+    word-internal "the" instead of BPE's "Ġthe"), byte-fallback pieces
+    `<0xNN>` of ASCII bytes become that character. Special and control tokens
+    and partial-UTF-8 pieces are dropped, and a text that several ids share
+    keeps its lowest id.
   Only ids below the vocabulary's real size are used (embedding tables may be
   padded beyond it).
 """
@@ -23,6 +25,8 @@ Token alignment (`token_alignment`):
 from __future__ import annotations
 
 import numpy as np
+import seqio
+import tokenizers
 
 from ptransfer.core.errors import ConfigError
 
@@ -38,17 +42,65 @@ def _same_vocab(a, b) -> bool:
         return a is b
 
 
-def decoded_tokens(vocab, size: int) -> dict[str, int]:
-    """decoded string -> lowest id, for ids < size with a non-empty decoding."""
-    out: dict[str, int] = {}
+SPACE_MARK = "\u2581"  # SentencePiece's word-start marker "▁"
+
+
+def _byte_piece(piece: str) -> str:
+    """'<0x0A>' -> '\n' for an ASCII byte; '' for a byte of a multi-byte character."""
+    value = int(piece[3:-1], 16)
+    return chr(value) if value < 0x80 else ""
+
+
+def _sentencepiece_texts(sp, size: int) -> list[str]:
+    out = []
     for i in range(size):
-        try:
-            s = vocab.decode([i])
-        except Exception:  # ids a tokenizer cannot decode alone (e.g. control ids)
-            continue
-        if isinstance(s, bytes):
-            s = s.decode("utf-8", errors="ignore")
-        if s and "\ufffd" not in s and s not in out:
+        if sp.is_control(i) or sp.is_unknown(i):
+            out.append("")
+        elif sp.is_byte(i):
+            out.append(_byte_piece(sp.id_to_piece(i)))
+        else:
+            out.append(sp.id_to_piece(i).replace(SPACE_MARK, " "))
+    return out
+
+
+def _tokenizers_texts(tok, size: int) -> list[str]:
+    special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    out = []
+    for i in range(size):
+        piece = tok.id_to_token(i)
+        if i in special or piece is None:
+            out.append("")
+        elif SPACE_MARK in piece:
+            out.append(piece.replace(SPACE_MARK, " "))
+        elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            out.append(_byte_piece(piece))
+        else:  # byte-level BPE (and word-level) pieces decode alone without loss
+            out.append(tok.decode([i], skip_special_tokens=True))
+    return out
+
+
+def token_texts(vocab, size: int) -> list[str]:
+    """The text of every id < size as the module docstring reads it ('' = not aligned)."""
+    if isinstance(vocab, seqio.SentencePieceVocabulary):
+        texts = _sentencepiece_texts(vocab.tokenizer, size)
+    elif isinstance(getattr(vocab, "tokenizer", None), tokenizers.Tokenizer):
+        texts = _tokenizers_texts(vocab.tokenizer, size)
+    else:
+        texts = []
+        for i in range(size):
+            try:
+                s = vocab.decode([i])
+            except Exception:  # ids a vocabulary cannot decode alone (e.g. control ids)
+                s = ""
+            texts.append(s.decode("utf-8", errors="ignore") if isinstance(s, bytes) else s)
+    return ["" if "\ufffd" in t else t for t in texts]
+
+
+def decoded_tokens(vocab, size: int) -> dict[str, int]:
+    """token text -> lowest id, for ids < size with a non-empty text (`token_texts`)."""
+    out: dict[str, int] = {}
+    for i, s in enumerate(token_texts(vocab, size)):
+        if s and s not in out:
             out[s] = i
     return out
 
