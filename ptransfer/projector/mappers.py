@@ -23,8 +23,9 @@ another width (and vocabulary). Each is fit from what it needs:
   mean ||A_src||. Needs the embedding tables only (no forward passes, no
   task data).
 * `projector` (Su et al., 2022): the MLP of `ptransfer.projector.model`,
-  trained on prompt pairs (distance) or through the target model (task); it
-  maps a whole prompt at once.
+  trained by `ptransfer.projector.training` on prompt pairs (distance) or
+  through the target model (task) and wrapped with
+  `ProjectorMapper.from_projector`; it maps a whole prompt at once.
 
 Every mapper records its pair: source and target backbone ids, their
 vocabulary keys (`tasks.registry.vocab_key`), widths and the prompt length it
@@ -60,7 +61,6 @@ from ptransfer.core import fileio
 from ptransfer.core.errors import CheckpointError, ConfigError, close_matches_hint
 from ptransfer.projector import recycling
 from ptransfer.projector.model import Projector, ProjectorSpec, backbone_id, init_params
-from ptransfer.projector.training import PromptPairs, TrainSettings, train_projector
 from tasks.registry import vocab_key
 
 SPEC_FILE = "mapper.json"
@@ -508,21 +508,6 @@ class ProjectorMapper(Mapper):
                               f"but the projector maps width {projector.spec.d_src}.")
         flat = flax.traverse_util.flatten_dict(jax.device_get(projector.params), sep=".")
         return cls(pair, flat, {"spec": projector.spec.to_json()}, dict(projector.summary))
-
-    @classmethod
-    def fit(cls, source, target, pairs: PromptPairs, *, settings: TrainSettings | None = None,
-            hidden: int = 768, activation: str = "tanh") -> "ProjectorMapper":
-        """A projector trained by distance minimizing on prompt pairs of `source` and `target`."""
-        settings = settings or TrainSettings(objective="distance")
-        if settings.objective != "distance":
-            raise ConfigError("ProjectorMapper.fit trains by distance minimizing; wrap a "
-                              "task-tuned projector with ProjectorMapper.from_projector.")
-        scale = float(np.mean(np.std(pairs.target, axis=-1)))
-        projector = Projector.for_backbones(source, target, pairs.source.shape[1], hidden=hidden,
-                                            activation=activation, seed=settings.seed,
-                                            output_scale_init=scale)
-        trained = train_projector(projector, settings, pairs=pairs)
-        return cls.from_projector(trained, source, target)
 
     @property
     def projector(self) -> Projector:
