@@ -57,10 +57,13 @@ BATCH_KEYS = ("inputs", "inputs_mask", "targets", "targets_mask")
 # ---- tasks for a backbone ---------------------------------------------------------------
 
 def load_task(name: str, backbone, data_dir: str | None = None):
-    """(seqio Task of `name` for the backbone's vocabulary, whether it is the masked-LM form)."""
+    """(seqio Task of `name` for the backbone's vocabulary, whether it is the masked-LM form).
+
+    Targets carry the backbone's `target_delimiter` (" " for decoder-only)."""
     mlm = backbone.masked_lm
     task = tasks.get_task(name, backbone.vocab, add_eos=backbone.add_eos_to_targets,
-                          data_dir=data_dir, mlm=backbone.config if mlm else None)
+                          data_dir=data_dir, mlm=backbone.config if mlm else None,
+                          target_delimiter=backbone.target_delimiter)
     return task, mlm
 
 
@@ -71,14 +74,18 @@ def default_truncation(backbone) -> str:
 
 def label_words(spec, backbone) -> list[str]:
     """The label words of `spec` in the form `backbone` scores: the masked-LM
-    verbalizer for a masked LM, the task's label words otherwise (empty for
-    generative tasks). Prompt initializers ('label' init) and scoring use these."""
-    return list((spec.mlm_label_words if backbone.masked_lm else spec.label_words) or ())
+    verbalizer for a masked LM, the task's label words after the backbone's
+    target delimiter otherwise (empty for generative tasks). Prompt
+    initializers ('label' init) and scoring use these."""
+    if backbone.masked_lm:
+        return list(spec.mlm_label_words or ())
+    return [backbone.target_delimiter + w for w in spec.label_words or ()]
 
 
 # ---- label candidates for rank classification ------------------------------------------
 
-def label_candidates(spec, vocabulary, add_eos: bool, target_len: int, *, mlm: bool = False):
+def label_candidates(spec, vocabulary, add_eos: bool, target_len: int, *, mlm: bool = False,
+                     target_delimiter: str = ""):
     """Targets of every label word, for `Backbone.score_candidates`.
 
     Args:
@@ -87,6 +94,8 @@ def label_candidates(spec, vocabulary, add_eos: bool, target_len: int, *, mlm: b
       add_eos: append EOS (as the task's targets do).
       target_len: Lt.
       mlm: use the task's masked-LM label words.
+      target_delimiter: put before each label word (as the task's targets;
+        `Backbone.target_delimiter`); ignored with `mlm`.
     Returns:
       (candidates int32 [C, Lt] right-padded, candidates_mask int32 [C, Lt]).
     Raises:
@@ -103,6 +112,8 @@ def label_candidates(spec, vocabulary, add_eos: bool, target_len: int, *, mlm: b
                           "by decoding, not by rank classification.")
     if mlm:  # one token each, read at the mask slot; the error names the word and the task
         check_single_token_label_words(vocabulary, words, spec.name)
+    elif target_delimiter:
+        words = tuple(target_delimiter + w for w in words)
     seqs = []
     for word in words:
         ids = [int(i) for i in vocabulary.encode(word)]

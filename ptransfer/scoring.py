@@ -106,7 +106,8 @@ def build_eval_set(task, spec, backbone, split: str, max_examples: int | None,
     if spec.is_classification:
         kw["labels"] = arrays["label"].astype(np.int32)
         kw["candidates"], kw["candidates_mask"] = data.label_candidates(
-            spec, backbone.vocab, backbone.add_eos_to_targets, int(lengths["targets"]), mlm=mlm)
+            spec, backbone.vocab, backbone.add_eos_to_targets, int(lengths["targets"]), mlm=mlm,
+            target_delimiter=backbone.target_delimiter)
     else:
         refs = data.references(task, split)
         kw["references"] = refs[:len(arrays["inputs"])]

@@ -25,13 +25,14 @@ from tasks.specs import (
 )
 
 
-def get_task(name, vocabulary, *, add_eos: bool, data_dir=None, cache_dir=None, mlm=None):
+def get_task(name, vocabulary, *, add_eos: bool, data_dir=None, cache_dir=None, mlm=None,
+             target_delimiter: str = ""):
     """See `tasks.registry.get_task`."""
     # Imported on use: the registry imports TensorFlow, the spec registry does not.
     from tasks import registry
 
     return registry.get_task(name, vocabulary, add_eos=add_eos, data_dir=data_dir,
-                             cache_dir=cache_dir, mlm=mlm)
+                             cache_dir=cache_dir, mlm=mlm, target_delimiter=target_delimiter)
 
 
 def get_mixture(task_type, vocabulary, *, add_eos: bool, data_dir=None, cache_dir=None,

@@ -2,8 +2,8 @@
 
 Naming scheme (the dataset name stays the key everywhere else):
 
-  <dataset>__<vocab_key>__<eos|noeos>[__mlm<bos>_<mask>_<end>]
-  e.g. mr__byte__eos, sst2__spm3f2a9c01de__eos, mr__tok51c0e2aa7b__noeos
+  <dataset>__<vocab_key>__<eos|noeos>[__d<delimiter hex>][__mlm<bos>_<mask>_<end>]
+  e.g. mr__byte__eos, sst2__spm3f2a9c01de__eos, mr__tok51c0e2aa7b__noeos__d20
 
 `vocab_key` names the vocabulary: `byte` for seqio.ByteVocabulary,
 `spm<hash>` for a SentencePiece model, `tok<hash>` for a vocabulary with a
@@ -11,7 +11,9 @@ Naming scheme (the dataset name stays the key everywhere else):
 appended to both inputs and targets (T5); `noeos` appends none (decoder-only
 and masked LMs). The `__mlm...` form renders the task's MLM template: start
 token, the text before the mask slot, the mask token, the text after it, end
-token, with the MLM label words as (single-token) targets.
+token, with the MLM label words as (single-token) targets. `__d20` means every
+target text starts with the target delimiter " " (decoder-only backbones: the
+target continues the input text, as lm-eval-harness's `target_delimiter`).
 
 Mixtures by type: `<type>_mix__<vocab_key>__<eos|noeos>` over the paper's
 tasks of that type, equal rates.
@@ -73,6 +75,7 @@ class RegisteredTask:
     mlm: MlmIds | None
     data_dir: str
     cache_dir: str
+    target_delimiter: str = ""
 
 
 _REGISTERED: dict[str, RegisteredTask] = {}
@@ -98,9 +101,12 @@ def vocab_key(vocabulary: seqio.Vocabulary) -> str:
     return type(vocabulary).__name__.lower()[:8] + h.hexdigest()[:10]
 
 
-def seqio_task_name(name: str, vocabulary, *, add_eos: bool, mlm=None) -> str:
+def seqio_task_name(name: str, vocabulary, *, add_eos: bool, mlm=None,
+                    target_delimiter: str = "") -> str:
     spec = get_spec(name)
     out = f"{spec.name}__{vocab_key(vocabulary)}__{'eos' if add_eos else 'noeos'}"
+    if target_delimiter:
+        out += "__d" + target_delimiter.encode("utf-8").hex()
     if mlm is not None:
         ids = MlmIds.of(mlm)
         out += f"__mlm{ids.bos_id}_{ids.mask_id}_{ids.eos_id}"
@@ -220,11 +226,13 @@ def checked_label(spec: TaskSpec, label: tf.Tensor, words) -> tf.Tensor:
         return tf.cast(tf.identity(label), tf.int32)
 
 
-def format_examples(dataset: tf.data.Dataset, *, spec: TaskSpec, mlm: bool) -> tf.data.Dataset:
+def format_examples(dataset: tf.data.Dataset, *, spec: TaskSpec, mlm: bool,
+                    target_delimiter: str = "") -> tf.data.Dataset:
     """Raw source examples -> {inputs, targets (text), label | answers}.
 
     MLM form: `inputs` is split into `inputs_prefix` / `inputs_suffix` around
-    the mask slot (tokenized by `tokenize_mlm`).
+    the mask slot (tokenized by `tokenize_mlm`). `target_delimiter` goes before
+    every target text (not before the `answers` references).
     """
     if spec.drop_labels:
         drops = tf.constant(spec.drop_labels, tf.int64)
@@ -233,6 +241,11 @@ def format_examples(dataset: tf.data.Dataset, *, spec: TaskSpec, mlm: bool) -> t
     if spec.answers_key:  # examples without any gold answer cannot be scored
         dataset = dataset.filter(lambda ex: tf.size(_get(ex, spec.answers_key)) > 0)
     words = spec.mlm_label_words if mlm else spec.label_words
+    if target_delimiter and not mlm:
+        words = tuple(target_delimiter + w for w in words)
+
+    def delimited(text):
+        return tf.strings.join([target_delimiter, text]) if target_delimiter else text
 
     @tf.autograph.experimental.do_not_convert  # no tensor-dependent Python flow: skip autograph
     def fn(ex):
@@ -250,9 +263,9 @@ def format_examples(dataset: tf.data.Dataset, *, spec: TaskSpec, mlm: bool) -> t
         elif spec.answers_key:
             answers = tf.strings.strip(_get(ex, spec.answers_key))
             out["answers"] = answers
-            out["targets"] = answers[0]
+            out["targets"] = delimited(answers[0])
         else:
-            out["targets"] = tf.strings.strip(_get(ex, spec.target_key))
+            out["targets"] = delimited(tf.strings.strip(_get(ex, spec.target_key)))
         return out
 
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
@@ -295,8 +308,33 @@ def check_mlm_form(spec: TaskSpec, vocabulary: seqio.Vocabulary) -> None:
     check_single_token_label_words(vocabulary, spec.mlm_label_words, spec.name)
 
 
+def check_label_words_fit(spec: TaskSpec, vocabulary: seqio.Vocabulary,
+                          target_delimiter: str) -> None:
+    """ConfigError unless every `target_delimiter + label word` is one token of
+    `vocabulary` (the message names the word and its pieces).
+
+    Applies to delimited (decoder-only) targets of tasks with
+    `single_token_labels`: there rank classification sums the label's token
+    log-likelihoods, so a label of two tokens is scored lower than one of one
+    token, and its second token is a nearly free prediction that dilutes the
+    loss. T5 targets (separate sequences ending in EOS, the paper's setting)
+    are not checked, nor byte-level vocabularies (test models), where no word
+    is one token."""
+    if not (target_delimiter and spec.is_classification and spec.single_token_labels):
+        return
+    if isinstance(vocabulary, seqio.ByteVocabulary):
+        return
+    check_single_token_label_words(
+        vocabulary, [target_delimiter + w for w in spec.label_words], spec.name,
+        reason="this task's label words are declared single tokens after the target "
+               f"delimiter {target_delimiter!r} (decoder-only rank classification sums "
+               "per-token log-likelihoods, which favours shorter labels). Choose label words "
+               "that are one token of every shipped tokenizer, or declare the spec "
+               "single_token_labels=False.")
+
+
 def get_task(name, vocabulary: seqio.Vocabulary, *, add_eos: bool, data_dir: str | None = None,
-             cache_dir: str | None = None, mlm=None) -> seqio.Task:
+             cache_dir: str | None = None, mlm=None, target_delimiter: str = "") -> seqio.Task:
     """The seqio Task of dataset `name` for `vocabulary`, registered on first use.
 
     Args:
@@ -309,6 +347,9 @@ def get_task(name, vocabulary: seqio.Vocabulary, *, add_eos: bool, data_dir: str
       mlm: MlmIds (or an object with bos_id / mask_id / eos_id) to build the
         masked-LM form; inputs then carry those special ids themselves and
         add_eos applies to nothing.
+      target_delimiter: text put before every target (" " for decoder-only
+        backbones, `Backbone.target_delimiter`); not used with `mlm`. The label
+        words then must be single tokens (`check_label_words_fit`).
     Reading no data here: a missing file is reported when the dataset is read.
     """
     spec = get_spec(name)
@@ -318,9 +359,12 @@ def get_task(name, vocabulary: seqio.Vocabulary, *, add_eos: bool, data_dir: str
                           "masked LM cannot generate, use a T5 or decoder-only backbone.")
     if ids is not None:
         check_mlm_form(spec, vocabulary)
-    task_name = seqio_task_name(spec, vocabulary, add_eos=add_eos, mlm=ids)
+        target_delimiter = ""
+    check_label_words_fit(spec, vocabulary, target_delimiter)
+    task_name = seqio_task_name(spec, vocabulary, add_eos=add_eos, mlm=ids,
+                                target_delimiter=target_delimiter)
     want = RegisteredTask(spec, vocabulary, add_eos, ids, resolve_data_dir(data_dir),
-                          asset_cache_dir(cache_dir))
+                          asset_cache_dir(cache_dir), target_delimiter)
     have = _REGISTERED.get(task_name)
     if have is not None and have == want and task_name in seqio.TaskRegistry.names():
         return seqio.TaskRegistry.get(task_name)
@@ -338,7 +382,8 @@ def get_task(name, vocabulary: seqio.Vocabulary, *, add_eos: bool, data_dir: str
         task_name,
         source=make_source(spec, want.data_dir, want.cache_dir),
         output_features=output_features,
-        preprocessors=[functools.partial(format_examples, spec=spec, mlm=ids is not None),
+        preprocessors=[functools.partial(format_examples, spec=spec, mlm=ids is not None,
+                                         target_delimiter=target_delimiter),
                        *tokenize],
         postprocess_fn=functools.partial(_postprocess, spec=spec),
         metric_fns=seqio_metric_fns(spec),

@@ -34,7 +34,15 @@ class TaskSpec:
       source: a TfdsSource, ReleaseFiles or OfflineCorpus.
       template: input text with `{field}` slots, e.g. "premise: {premise} ...".
       label_words: the verbalizer; index i is the text target of label i.
-        Empty for generative tasks.
+        Empty for generative tasks. Written without the target delimiter: a
+        decoder-only target is `" " + word` (`tasks.get_task(...,
+        target_delimiter=" ")`), and the words are chosen so that `" " + word`
+        is one token of every shipped subword tokenizer (SmolLM2's BPE, Gemma
+        3's SentencePiece), checked when such a task is built.
+      single_token_labels: whether that check applies. False only where the
+        paper's verbalizer cannot fit (NLI's "entailment" is two pieces,
+        " entail" "ment", in both tokenizers); kept for comparability with
+        the paper's T5 runs, and rank classification is still unambiguous.
       metrics: metric names from `tasks.metrics.METRICS`; the first is the
         score used for model selection and relative performance.
       mlm_template: the masked-LM form of the input, with one MASK_SLOT.
@@ -59,6 +67,7 @@ class TaskSpec:
     source: TfdsSource | ReleaseFiles | OfflineCorpus
     template: str
     label_words: tuple[str, ...] = ()
+    single_token_labels: bool = True
     metrics: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1")
     mlm_template: str | None = None
     mlm_label_words: tuple[str, ...] = ()
@@ -187,11 +196,12 @@ _SPECS = (
     TaskSpec("mnli", "nli", _glue("mnli", _NLI, {"train": "train",
                                                  "validation": "validation_matched"}),
              template="premise: {premise} hypothesis: {hypothesis} relation:", label_words=_NLI,
+             single_token_labels=False,
              mlm_template=f"{{premise}} ? {MASK_SLOT} , {{hypothesis}}", mlm_label_words=_MLM_NLI,
              sizes={"train": 392702, "validation": 9815}, paper=True),
     TaskSpec("qnli", "nli", _glue("qnli", ("entailment", "not_entailment")),
              template="question: {question} sentence: {sentence} relation:",
-             label_words=("entailment", "not_entailment"),
+             label_words=("entailment", "not_entailment"), single_token_labels=False,
              mlm_template=f"{{question}} ? {MASK_SLOT} , {{sentence}}",
              mlm_label_words=(" yes", " no"),
              sizes={"train": 104743, "validation": 5463}, paper=True),
@@ -199,6 +209,7 @@ _SPECS = (
              TfdsSource("snli", "1.*.*", _TRAIN_VAL_TEST, "https://nlp.stanford.edu/projects/snli/",
                         _NLI),
              template="premise: {premise} hypothesis: {hypothesis} relation:", label_words=_NLI,
+             single_token_labels=False,
              mlm_template=f"{{premise}} ? {MASK_SLOT} , {{hypothesis}}", mlm_label_words=_MLM_NLI,
              drop_labels=(-1,), sizes={"train": 549367, "validation": 9842, "test": 9824},
              paper=True),

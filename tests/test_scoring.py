@@ -42,7 +42,8 @@ def _naive_scores(bb, prompt, es):
 def test_eval_set_is_the_first_examples_in_order(setup):
     bb, es = setup
     assert es.size == 7 and es.labels.tolist() == [1, 0, 1, 0, 1, 0, 1]
-    cands, mask = features.label_candidates(es.spec, bb.vocab, bb.add_eos_to_targets, 6)
+    cands, mask = features.label_candidates(es.spec, bb.vocab, bb.add_eos_to_targets, 6,
+                                            target_delimiter=bb.target_delimiter)
     np.testing.assert_array_equal(es.candidates, cands)
     np.testing.assert_array_equal(es.candidates_mask, mask)
 

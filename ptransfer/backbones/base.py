@@ -118,6 +118,15 @@ class Backbone(abc.ABC):
         return [int(i) for i in self.vocab.encode(".")]
 
     @property
+    def target_delimiter(self) -> str:
+        """Text put before every target: a space where the target continues the
+        input text (decoder-only: no EOS, not a masked LM), as lm-eval-harness's
+        `target_delimiter`, so " positive" is the word-initial token the model
+        would write after "sentiment:"; nothing for T5 (a target is its own
+        sequence) and masked LMs (their label words carry their own space)."""
+        return "" if self.add_eos_to_targets or self.masked_lm else " "
+
+    @property
     def can_generate(self) -> bool:
         """Whether `greedy_decode` works (every family but the masked LMs)."""
         return not self.masked_lm

@@ -256,9 +256,17 @@ def _special_ids_from_hf_configs(directory: str, tok: tokenizers.Tokenizer) -> d
     return out
 
 
-def check_single_token_label_words(vocab, words, task_name: str) -> list[int]:
+_MLM_REASON = ("a masked-LM backbone scores one token at the mask slot. Choose a single-token "
+               "label word for this task's MLM verbalizer (RoBERTa words usually need a leading "
+               "space, e.g. ' positive').")
+
+
+def check_single_token_label_words(vocab, words, task_name: str, *,
+                                   reason: str = _MLM_REASON) -> list[int]:
     """The token id of every label word; ConfigError naming the first word that
-    is not exactly one token of `vocab` (a seqio.Vocabulary)."""
+    is not exactly one token of `vocab` (a seqio.Vocabulary), with its pieces.
+
+    `reason`: why one token is needed and what to do (the message's end)."""
     ids = []
     unk = getattr(vocab, "unk_id", None)
     for word in words:
@@ -271,8 +279,6 @@ def check_single_token_label_words(vocab, words, task_name: str) -> list[int]:
             pieces = [vocab.decode([t]) for t in tokens]
             raise ConfigError(
                 f"task {task_name!r}: label word {word!r} is {len(tokens)} tokens {pieces} in this "
-                "vocabulary, but a masked-LM backbone scores one token at the mask slot. Choose a "
-                "single-token label word for this task's MLM verbalizer (RoBERTa words usually "
-                "need a leading space, e.g. ' positive').")
+                f"vocabulary, but {reason}")
         ids.append(int(tokens[0]))
     return ids
