@@ -7,13 +7,23 @@ never differentiated, never donated and never copied (they stay where
 `shard_params` put them), while the prompt and optimizer state buffers are
 donated and updated in place.
 
-Loss (`loss_normalization`):
-  'token' (default)  -sum of target-token log-likelihoods / number of target
-                     tokens in the batch (the mean per target token; T5X style)
-  'sequence'         -mean over examples of each example's summed target
-                     log-likelihood (the mean per sequence)
-Only target tokens contribute; the backbone projects onto the vocabulary only
-at the positions that predict a target.
+Loss (`loss`):
+  'lm' (default)     the LM loss on the target tokens over the full vocabulary
+                     (the paper's T5 prompt tuning), normalized by
+                     `loss_normalization`:
+      'token' (default)  -sum of target-token log-likelihoods / number of target
+                         tokens in the batch (the mean per target token; T5X style)
+      'sequence'         -mean over examples of each example's summed target
+                         log-likelihood (the mean per sequence)
+                     Only target tokens contribute; the backbone projects onto
+                     the vocabulary only at the positions that predict a target.
+  'verbalizer'       classification only: cross-entropy over the label words'
+                     scores alone, -mean_b log softmax_c(s[b, c])[label_b], where
+                     s[b, c] is the summed log-likelihood of label word c
+                     (`Backbone.score_candidates`, the rank-classification
+                     scores); for single-token label words this is the softmax
+                     over the label words' logits, as the official RoBERTa code
+                     trains. `loss_normalization` does not apply.
 
 Partitioning: a `(data, model)` mesh (`training/sharding.py`); frozen
 params sharded over 'model' by the logical rules, batches over 'data', the
@@ -51,10 +61,15 @@ from ptransfer.core import distributed, fileio, sharding
 from ptransfer.core.configurable import build_configurable
 from ptransfer.core.errors import CheckpointError, ConfigError, PtransferError
 from ptransfer.core.sharding import replicated, shard_params
+from ptransfer.data import BATCH_KEYS
 from ptransfer.training import checkpointing, metric_writers
 from ptransfer.training.optimizer import OptimizerConfig, compile_key, make_optimizer
 
 log = logging.getLogger(__name__)
+
+
+LOSSES = ("lm", "verbalizer")
+CANDIDATE_KEYS = ("candidates", "candidates_mask")
 
 
 class NonFiniteLossError(PtransferError):
@@ -77,6 +92,9 @@ class TrainConfig:
     eval_every:        evaluate every N steps (0: only at the end); also at step 0
                        when `eval_at_start`
     eval_examples:     size of the fixed validation subset (None: the whole split)
+    loss:              'lm' (the target tokens over the full vocabulary) or
+                       'verbalizer' (cross-entropy over the label words only);
+                       see the module docstring
     checkpoint_every:  save every N steps (and at the end and at each new best)
     keep_checkpoints:  how many of the latest checkpoints to keep (plus the best)
     bank_dir / run_name: where the bank entry goes (None: <model_dir>/bank; run
@@ -118,6 +136,7 @@ class TrainConfig:
     eval_batch_size: int | None = None
     best_metric: str | None = None
     loss_normalization: str = "token"
+    loss: str = "lm"
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     log_every: int = 10
@@ -141,6 +160,9 @@ class TrainConfig:
         if self.loss_normalization not in ("token", "sequence"):
             raise ConfigError(f"loss_normalization {self.loss_normalization!r}: use 'token' or "
                               "'sequence'.")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss {self.loss!r}: use one of {LOSSES} ('lm': the target "
+                              "tokens over the vocabulary, 'verbalizer': the label words only).")
         if self.export not in ("best", "final"):
             raise ConfigError(f"export {self.export!r}: use 'best' or 'final'.")
         if not self.model_dir:
@@ -157,7 +179,7 @@ class TrainConfig:
         """What must match for a model dir to hold this run (not steps / eval / mesh).
 
         `init`: the initializer with its settings (`prompts.describe_init`)."""
-        return {
+        out = {
             "backbone": self.backbone, "backbone_dtype": self.backbone_dtype, "task": self.task,
             "compute_dtype": self.compute_dtype,
             "prompt_length": self.prompt_length, "init_from": init or self.init_from,
@@ -167,6 +189,9 @@ class TrainConfig:
             "loss_normalization": self.loss_normalization,
             "optimizer": self.optimizer.to_dict(),
         }
+        if self.loss != "lm":  # only when set, so model dirs written before it still resume
+            out["loss"] = self.loss
+        return out
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -190,11 +215,22 @@ class TrainResult:
 
 # ---- pieces ------------------------------------------------------------------
 
-def make_loss_fn(backbone, normalization: str = "token"):
-    """loss(prompt [L, D], params, batch) -> scalar float32 (see module docstring)."""
+def make_loss_fn(backbone, normalization: str = "token", loss: str = "lm"):
+    """loss(prompt [L, D], params, batch) -> scalar float32 (see module docstring).
+
+    'verbalizer' reads batch["label"] [B] and the label words' targets
+    batch["candidates"], batch["candidates_mask"] [C, Lt]."""
+    import jax
     import jax.numpy as jnp
 
     def loss_fn(prompt, params, batch):
+        if loss == "verbalizer":
+            scores = backbone.score_candidates(params, prompt, batch["inputs"],
+                                               batch["inputs_mask"], batch["candidates"],
+                                               batch["candidates_mask"])      # [B, C]
+            logp = jax.nn.log_softmax(scores.astype(jnp.float32), axis=-1)
+            label = jnp.asarray(batch["label"], jnp.int32)[:, None]
+            return -jnp.mean(jnp.take_along_axis(logp, label, axis=-1))
         ll = backbone.target_log_likelihood(params, prompt, batch)          # [B]
         if normalization == "sequence":
             return -jnp.mean(ll)
@@ -204,7 +240,8 @@ def make_loss_fn(backbone, normalization: str = "token"):
     return loss_fn
 
 
-def make_train_step(backbone, optimizer, normalization: str = "token", mesh=None):
+def make_train_step(backbone, optimizer, normalization: str = "token", mesh=None,
+                    loss: str = "lm"):
     """The jitted step `(prompt, opt_state, rng, params, batch) -> (prompt, opt_state, rng, loss)`.
 
     Donates prompt / opt_state / rng; params and batch are read only.
@@ -212,7 +249,7 @@ def make_train_step(backbone, optimizer, normalization: str = "token", mesh=None
     import jax
     import optax
 
-    loss_fn = make_loss_fn(backbone, normalization)
+    loss_fn = make_loss_fn(backbone, normalization, loss)
 
     def step(prompt, opt_state, rng, params, batch):
         # The key advances every step (reserved for stochastic steps, e.g. dropout on
@@ -229,13 +266,14 @@ def make_train_step(backbone, optimizer, normalization: str = "token", mesh=None
     return jax.jit(step, donate_argnums=(0, 1, 2), **kwargs)
 
 
-def _cached_step(backbone, optimizer_cfg: OptimizerConfig, normalization: str, mesh):
+def _cached_step(backbone, optimizer_cfg: OptimizerConfig, normalization: str, mesh,
+                 loss: str = "lm"):
     """One jitted step per (backbone object, optimizer settings, loss, mesh) in this
     process; the learning rate is optimizer state, so it is not part of the key."""
-    key = ("train_step", compile_key(optimizer_cfg), normalization,
+    key = ("train_step", compile_key(optimizer_cfg), normalization, loss,
            None if mesh is None else (tuple(mesh.shape.items()), tuple(d.id for d in mesh.devices.flat)))
     return backbone.compiled(key, lambda: make_train_step(
-        backbone, make_optimizer(optimizer_cfg), normalization, mesh))
+        backbone, make_optimizer(optimizer_cfg), normalization, mesh, loss))
 
 
 def _primary() -> bool:
@@ -292,6 +330,9 @@ class Trainer:
         cfg = self.cfg
         t_start = time.perf_counter()
         spec = self._task_spec()
+        if cfg.loss == "verbalizer" and not spec.is_classification:
+            raise ConfigError(f"loss='verbalizer' needs a classification task; {cfg.task!r} "
+                              f"({spec.type}) has no label words. Use loss='lm'.")
         init_desc = prompts.describe_init(cfg.init_from)
         model_dir = fileio.abspath(os.path.expanduser(cfg.model_dir))
         identity = cfg.identity(init_desc)
@@ -324,8 +365,15 @@ class Trainer:
                                 batch_size=cfg.eval_batch_size or cfg.batch_size)
 
         optimizer = make_optimizer(cfg.optimizer)  # init with this run's rate; the step reads it
-        train_step = _cached_step(backbone, cfg.optimizer, cfg.loss_normalization, mesh)
+        train_step = _cached_step(backbone, cfg.optimizer, cfg.loss_normalization, mesh,
+                                  cfg.loss)
         rep = sharding.replicated(mesh)
+        batch_keys = BATCH_KEYS
+        constants = {}
+        if cfg.loss == "verbalizer":  # the label words' targets, the same every step
+            batch_keys = BATCH_KEYS + ("label",)
+            constants = {k: jax.device_put(jnp.asarray(v), rep) for k, v in zip(
+                CANDIDATE_KEYS, (eval_set.candidates, eval_set.candidates_mask))}
 
         # State: fresh, or restored exactly from the latest checkpoint.
         label_words = data.label_words(spec, backbone)
@@ -405,8 +453,8 @@ class Trainer:
         try:
             while step < cfg.train_steps:
                 local = next_batch()
-                batch = distributed.global_batch(
-                    {k: local[k] for k in ("inputs", "inputs_mask", "targets", "targets_mask")}, mesh)
+                batch = distributed.global_batch({k: local[k] for k in batch_keys}, mesh)
+                batch.update(constants)
                 prompt, opt_state, rng, loss = train_step(prompt, opt_state, rng, params, batch)
                 step += 1
                 loss_value = float(loss)
@@ -476,6 +524,7 @@ class Trainer:
             "exported": cfg.export, "backbone_spec": cfg.backbone, "family": backbone.family,
             "optimizer": cfg.optimizer.to_dict(), "batch_size": cfg.batch_size,
             "eval_examples": cfg.eval_examples, "eval_split": cfg.eval_split,
+            "loss": cfg.loss,
             "provenance": {"kind": "prompt_tuning", "model_dir": model_dir},
         }
         return bank.write_entry(bank_dir, backbone.name, cfg.task, run, prompt, meta,
