@@ -33,6 +33,14 @@ same sequence of epochs on every run with the same TensorFlow version unless
 skips exactly k batches and a resumed run sees the very batches an
 uninterrupted one would (the skipped examples are still tokenized: resume
 costs about one pass of tokenization over start_step * batch_size examples).
+
+Class-balanced streams (`balance_classes=True`, classification training): the
+shard's examples of each label form their own stream, shuffled (seeded per
+label) and repeated on its own, and the streams are taken in turn (label 0,
+1, ..., C-1, 0, ...): an equal-rate mixture over per-class tasks, as a seqio
+Mixture with equal rates would sample, but deterministic, so every C
+consecutive examples hold one of each class (minority classes are repeated
+more often) and resumption by skipping stays exact.
 """
 
 from __future__ import annotations
@@ -261,10 +269,37 @@ def _numpy_batches(ds, what: str):
         yield item
 
 
+def _class_seed(seed: int, label: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(label)]).generate_state(1)[0])
+
+
+def _balanced(ds, task, seed: int, buffer_size: int, where: str):
+    """The class-balanced stream of converted examples `ds` (module docstring)."""
+    import tensorflow as tf
+
+    info = registry.find_registered(task)
+    if info is None or not info.spec.is_classification:
+        raise ConfigError(f"{where}: class-balanced sampling needs a classification task from "
+                          "tasks.get_task; this one has no labels. Set balance_classes=False.")
+    words = info.spec.mlm_label_words if info.mlm is not None else info.spec.label_words
+    streams = []
+    for label, word in enumerate(words):
+        one = ds.filter(lambda ex, c=label: tf.equal(ex["label"], c))
+        if not any(True for _ in _numpy_batches(one.take(1), where)):
+            raise DataError(f"{where} has no example of label {label} ({word!r}), so it cannot "
+                            "be sampled class-balanced; set balance_classes=False (or use fewer "
+                            "shards).")
+        streams.append(one.shuffle(buffer_size, seed=_class_seed(seed, label),
+                                   reshuffle_each_iteration=True).repeat())
+    turns = tf.data.Dataset.range(len(words)).repeat()
+    return tf.data.Dataset.choose_from_datasets(streams, turns)
+
+
 def iterate_batches(task, split: str, batch_size: int, lengths: Mapping[str, int], seed: int = 0,
                     start_step: int = 0, shard_index: int = 0, num_shards: int = 1, *,
                     shuffle: bool = True, repeat: bool = True, truncate_inputs: str = "right",
                     shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER,
+                    balance_classes: bool = False,
                     ) -> Iterator[dict[str, np.ndarray]]:
     """Batches of `task`'s `split` in the shared layout (see module docstring).
 
@@ -277,6 +312,8 @@ def iterate_batches(task, split: str, batch_size: int, lengths: Mapping[str, int
       shuffle, repeat: training streams use both; an eval stream uses neither
         and ends with a last batch filled up (`valid` = 0) by repeating its last
         real example.
+      balance_classes: a class-balanced training stream (module docstring);
+        needs shuffle and repeat.
     Yields:
       dicts of numpy int32 arrays.
     Raises:
@@ -287,16 +324,22 @@ def iterate_batches(task, split: str, batch_size: int, lengths: Mapping[str, int
     if batch_size < 1 or start_step < 0:
         raise ConfigError(f"batch_size must be >= 1 and start_step >= 0, got {batch_size}, "
                           f"{start_step}.")
+    where = f"task {task.name!r} split {split!r}"
+    if balance_classes and not (shuffle and repeat):
+        raise ConfigError("balance_classes is for training streams (shuffle=True, repeat=True); "
+                          "evaluation reads the split as it is.")
     ds = _examples(task, split, shard_index, num_shards)
     ds = ds.map(make_converter(task, lengths, truncate_inputs), num_parallel_calls=tf.data.AUTOTUNE)
-    if shuffle:
-        ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
+    if balance_classes:
+        ds = _balanced(ds, task, seed, shuffle_buffer_size, where)
+    else:
+        if shuffle:
+            ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
     if start_step:
         ds = ds.skip(start_step * batch_size)
     ds = ds.batch(batch_size, drop_remainder=repeat).prefetch(2)
-    where = f"task {task.name!r} split {split!r}"
     produced = False
     for batch in _numpy_batches(ds, where):
         produced = True

@@ -95,6 +95,9 @@ class TrainConfig:
     loss:              'lm' (the target tokens over the full vocabulary) or
                        'verbalizer' (cross-entropy over the label words only);
                        see the module docstring
+    balance_classes:   train on a class-balanced stream (each label's examples
+                       repeated on their own and taken in turn;
+                       `ptransfer.data`); classification only
     checkpoint_every:  save every N steps (and at the end and at each new best)
     keep_checkpoints:  how many of the latest checkpoints to keep (plus the best)
     bank_dir / run_name: where the bank entry goes (None: <model_dir>/bank; run
@@ -137,6 +140,7 @@ class TrainConfig:
     best_metric: str | None = None
     loss_normalization: str = "token"
     loss: str = "lm"
+    balance_classes: bool = False
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     log_every: int = 10
@@ -189,8 +193,11 @@ class TrainConfig:
             "loss_normalization": self.loss_normalization,
             "optimizer": self.optimizer.to_dict(),
         }
-        if self.loss != "lm":  # only when set, so model dirs written before it still resume
+        # Only when set, so model dirs written before these options still resume.
+        if self.loss != "lm":
             out["loss"] = self.loss
+        if self.balance_classes:
+            out["balance_classes"] = True
         return out
 
     def to_json(self) -> dict:
@@ -333,6 +340,9 @@ class Trainer:
         if cfg.loss == "verbalizer" and not spec.is_classification:
             raise ConfigError(f"loss='verbalizer' needs a classification task; {cfg.task!r} "
                               f"({spec.type}) has no label words. Use loss='lm'.")
+        if cfg.balance_classes and not spec.is_classification:
+            raise ConfigError(f"balance_classes needs a classification task; {cfg.task!r} "
+                              f"({spec.type}) has no labels. Set BALANCE_CLASSES=False.")
         init_desc = prompts.describe_init(cfg.init_from)
         model_dir = fileio.abspath(os.path.expanduser(cfg.model_dir))
         identity = cfg.identity(init_desc)
@@ -352,7 +362,8 @@ class Trainer:
         local_bs = distributed.per_host_batch_size(cfg.batch_size, mesh)
         batches = data.iterate_batches(task, cfg.train_split, local_bs, lengths, seed=cfg.seed,
                                            start_step=start, shard_index=shard_index,
-                                           num_shards=num_shards, truncate_inputs=truncate)
+                                           num_shards=num_shards, truncate_inputs=truncate,
+                                           balance_classes=cfg.balance_classes)
         pending = [next(batches)] if start < cfg.train_steps else []
 
         def next_batch():
@@ -524,7 +535,7 @@ class Trainer:
             "exported": cfg.export, "backbone_spec": cfg.backbone, "family": backbone.family,
             "optimizer": cfg.optimizer.to_dict(), "batch_size": cfg.batch_size,
             "eval_examples": cfg.eval_examples, "eval_split": cfg.eval_split,
-            "loss": cfg.loss,
+            "loss": cfg.loss, "balance_classes": cfg.balance_classes,
             "provenance": {"kind": "prompt_tuning", "model_dir": model_dir},
         }
         return bank.write_entry(bank_dir, backbone.name, cfg.task, run, prompt, meta,
