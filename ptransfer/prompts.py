@@ -179,6 +179,33 @@ def load_prompt_file(path: str) -> tuple[np.ndarray, dict]:
     return prompt, {}
 
 
+def source_adam_moments(init_from: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(mu, nu, meta) of the bank entry that `init_from` ('file:<entry>') names: the
+    AdamW moments its run had at its exported prompt (INIT_OPTIMIZER='source').
+
+    ConfigError when `init_from` is not a bank entry, or when the entry has no
+    moments: its run used another optimizer (Adafactor keeps factored second
+    moments and no first moment, which AdamW cannot continue from), or it was
+    imported or written before the bank kept them. Use INIT_OPTIMIZER='fresh' then.
+    """
+    scheme, arg = parse_init_from(init_from) if isinstance(init_from, str) else ("", "")
+    path = os.path.expanduser(arg)
+    if scheme != "file" or not fileio.isdir(path) or not bank.is_complete(path):
+        raise ConfigError(f"INIT_OPTIMIZER='source' carries the optimizer state of a prompt bank "
+                          f"entry, but INIT_FROM={init_from!r} is not one; give "
+                          "INIT_FROM='file:<bank entry>' or use INIT_OPTIMIZER='fresh'.")
+    _, meta, _ = bank.read_entry(path)
+    moments = [bank.read_extra(path, name) for name in bank.ADAM_MOMENTS]
+    if any(m is None for m in moments):
+        used = (meta.get("optimizer") or {}).get("name", "unknown")
+        raise ConfigError(
+            f"bank entry {path} keeps no AdamW moments (its run's optimizer: {used}); "
+            "an Adafactor state (factored second moments, no first moment) has no AdamW "
+            "counterpart, and imported or older entries have none. Use "
+            "INIT_OPTIMIZER='fresh', or train the source with OPTIMIZER='adamw_t5'.")
+    return moments[0], moments[1], meta
+
+
 def _fit_length(prompt: np.ndarray, length: int, source: str) -> np.ndarray:
     if prompt.shape[0] != length:
         raise ConfigError(f"{source}: prompt length {prompt.shape[0]} != PROMPT_LENGTH {length}; "

@@ -8,7 +8,10 @@ Layout (one entry per run; several seeds of a task are several runs):
                       best_score, metric, seed, ptransfer_version, created,
                       provenance {...} (plus anything the writer adds)
       metrics.jsonl   one JSON object per logged eval (the whole curve)
-      COMPLETE        written last: sha256 and size of the three files
+      <name>.npy      optional extra arrays (`write_entry(extras=...)`), e.g.
+                      adam_mu.npy / adam_nu.npy, the AdamW moments that belong
+                      with prompt.npy (`ADAM_MOMENTS`), or final_prompt.npy
+      COMPLETE        written last: sha256 of the files above
 
 Writes are atomic: everything goes into a hidden temp directory next to the
 final one (`.tmp-<run>-*`), each file and the directory are fsynced, then
@@ -54,6 +57,10 @@ META_FILE = "meta.json"
 METRICS_FILE = "metrics.jsonl"
 COMPLETE_FILE = "COMPLETE"
 ENTRY_FILES = (PROMPT_FILE, META_FILE, METRICS_FILE)
+# Extras the trainer writes: the AdamW first / second moments of prompt.npy
+# ([L, D] each; for INIT_OPTIMIZER='source'), and the run's final prompt.
+ADAM_MOMENTS = ("adam_mu", "adam_nu")
+FINAL_PROMPT = "final_prompt"
 
 # Keys the writer must supply (a value may be None when unknown, e.g. for an
 # imported prompt); backbone, task, run, prompt_length and d_model are filled in.
@@ -165,8 +172,20 @@ def _complete_meta(backbone, task, run, prompt: np.ndarray, meta: Mapping) -> di
     return meta
 
 
+def _extra_arrays(extras: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    out = {}
+    for name, value in (extras or {}).items():
+        check_name("extra array", name)
+        arr = np.ascontiguousarray(np.asarray(value, np.float32))
+        if f"{name}.npy" in ENTRY_FILES or not np.isfinite(arr).all():
+            raise ConfigError(f"bank extra {name!r}: a reserved name or non-finite values.")
+        out[f"{name}.npy"] = arr
+    return out
+
+
 def write_entry(bank_dir: str, backbone: str, task: str, run: str, prompt, meta: Mapping,
-                metrics_rows: Iterable[Mapping] = (), *, overwrite: bool = False) -> str:
+                metrics_rows: Iterable[Mapping] = (), *, overwrite: bool = False,
+                extras: Mapping[str, np.ndarray] | None = None) -> str:
     """Atomically writes one entry and returns its path.
 
     Args:
@@ -178,8 +197,11 @@ def write_entry(bank_dir: str, backbone: str, task: str, run: str, prompt, meta:
       overwrite: replace an existing entry of the same run (old moved to a
         hidden .trash-* dir, new renamed in, old deleted; a crash between the
         two renames lists neither); otherwise an existing entry is an error.
+      extras: optional named float32 arrays, stored as `<name>.npy` with their
+        checksums in COMPLETE (`read_extra`).
     """
     path = entry_dir(bank_dir, backbone, task, run)
+    extra_files = _extra_arrays(extras)
     arr = np.asarray(prompt)
     if arr.ndim != 2 or arr.shape[0] == 0 or not np.issubdtype(arr.dtype, np.number):
         raise ConfigError(f"a bank prompt must be a numeric [L, D] array, got {arr.dtype} "
@@ -196,7 +218,7 @@ def write_entry(bank_dir: str, backbone: str, task: str, run: str, prompt, meta:
         raise ConfigError(f"bank entry meta is not plain JSON (numbers must be finite): {e}") from None
     if fileio.is_remote(path):
         return _write_entry_remote(path, f"{backbone}/{task}/{run}", arr, meta_bytes,
-                                   metrics_rows, overwrite)
+                                   metrics_rows, overwrite, extra_files)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     _inside(bank_dir, parent)
@@ -214,6 +236,8 @@ def write_entry(bank_dir: str, backbone: str, task: str, run: str, prompt, meta:
             os.fsync(f.fileno())
         with open(os.path.join(tmp, METRICS_FILE), "rb") as f:
             digests[METRICS_FILE] = hashlib.sha256(f.read()).hexdigest()
+        for name, extra in extra_files.items():
+            digests[name] = _write_file(os.path.join(tmp, name), _npy_bytes(extra))
         _write_file(os.path.join(tmp, COMPLETE_FILE),
                     (json.dumps({"sha256": digests}, indent=2, sort_keys=True) + "\n").encode())
         _fsync_dir(tmp)
@@ -236,7 +260,8 @@ def write_entry(bank_dir: str, backbone: str, task: str, run: str, prompt, meta:
 
 
 def _write_entry_remote(path: str, ref: str, arr: np.ndarray, meta_bytes: bytes,
-                        metrics_rows: Iterable[Mapping], overwrite: bool) -> str:
+                        metrics_rows: Iterable[Mapping], overwrite: bool,
+                        extra_files: Mapping[str, np.ndarray]) -> str:
     """`write_entry` on an object store: files in place, COMPLETE last (module docstring)."""
     metrics_bytes = "".join(json.dumps(dict(row), sort_keys=True) + "\n"
                             for row in metrics_rows).encode()
@@ -248,8 +273,10 @@ def _write_entry_remote(path: str, ref: str, arr: np.ndarray, meta_bytes: bytes,
         fileio.remove(complete)  # unlisted from here until the new COMPLETE lands
     fileio.makedirs(path)
     digests = {}
-    for name, data in ((PROMPT_FILE, _npy_bytes(arr)), (META_FILE, meta_bytes),
-                       (METRICS_FILE, metrics_bytes)):
+    files = [(PROMPT_FILE, _npy_bytes(arr)), (META_FILE, meta_bytes),
+             (METRICS_FILE, metrics_bytes)]
+    files += [(name, _npy_bytes(extra)) for name, extra in extra_files.items()]
+    for name, data in files:
         fileio.atomic_write(fileio.join(path, name), data)
         digests[name] = hashlib.sha256(data).hexdigest()
     fileio.atomic_write(complete, (json.dumps({"sha256": digests}, indent=2, sort_keys=True)
@@ -367,6 +394,28 @@ def read_entry(path: str):
     except ValueError as e:
         raise CheckpointError(f"bank entry {path}: bad line in {METRICS_FILE} ({e}).") from None
     return prompt, meta, metrics
+
+
+def read_extra(path: str, name: str) -> np.ndarray | None:
+    """The extra array `name` of a complete entry (checksum verified), or None when
+    the entry has none."""
+    file = f"{check_name('extra array', name)}.npy"
+    try:
+        with fileio.open(fileio.join(path, COMPLETE_FILE)) as f:
+            digest = json.load(f)["sha256"].get(file)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"bank entry {path}: unreadable {COMPLETE_FILE} ({e}).") from None
+    if digest is None:
+        return None
+    try:
+        with fileio.open(fileio.join(path, file), "rb") as f:
+            blob = f.read()
+    except OSError as e:
+        raise CheckpointError(f"bank entry {path}: cannot read {file} ({e}).") from None
+    if hashlib.sha256(blob).hexdigest() != digest:
+        raise CheckpointError(f"bank entry {path}: {file} does not match its checksum in "
+                              f"{COMPLETE_FILE} (modified or corrupt); write the entry again.")
+    return np.load(io.BytesIO(blob), allow_pickle=False)
 
 
 def find_entry(bank_dir: str, backbone: str, task: str, run: str | None = None) -> BankEntry:

@@ -39,7 +39,8 @@ def _mean_or_none(values):
 
 def run_pair(base, source_prompt: str, source_name: str, target: str, seeds: Sequence[int],
              out_dir: str, *, backbone=None, init_scheme: str = "file",
-             pt_model_dir: Callable[[str, int], str] | None = None) -> dict:
+             pt_model_dir: Callable[[str, int], str] | None = None,
+             init_optimizer: str | None = None) -> dict:
     """Runs PT and TPT on `target` for each seed; returns the pair's JSON dict.
 
     Args:
@@ -48,7 +49,11 @@ def run_pair(base, source_prompt: str, source_name: str, target: str, seeds: Seq
       source_name: the source's label in results (e.g. its task name).
       init_scheme: 'file' (same backbone) or 'projected' (TPT_MODEL).
       pt_model_dir: (target, seed) -> model dir of the vanilla PT run to reuse.
+      init_optimizer: TPT's optimizer start, 'fresh' or 'source' (the source
+        entry's AdamW moments carried over, as the official code; see
+        `training.trainer`); None: the base config's. Vanilla PT starts fresh.
     """
+    init_optimizer = init_optimizer or base.init_optimizer
     if not seeds:
         raise ConfigError("transfer init needs at least one seed.")
     if not os.path.exists(source_prompt):
@@ -56,8 +61,10 @@ def run_pair(base, source_prompt: str, source_name: str, target: str, seeds: Seq
                           "(`ptransfer bank list`) or a .npy file.")
     pair = {"source": source_name, "target": target, "source_prompt": os.path.abspath(source_prompt),
             "seeds": list(seeds), "pt": {"curves": {}, "model_dirs": {}},
-            "tpt": {"curves": {}, "model_dirs": {}}, "speedups": {}}
+            "tpt": {"curves": {}, "model_dirs": {}}, "speedups": {},
+            "init_optimizer": init_optimizer}
     metric = None
+    tag = source_name + ("+opt" if init_optimizer == "source" else "")
     for seed in seeds:
         results = {}
         for kind, init in (("pt", base.init_from), ("tpt", f"{init_scheme}:{source_prompt}")):
@@ -65,10 +72,12 @@ def run_pair(base, source_prompt: str, source_name: str, target: str, seeds: Seq
                 model_dir = pt_model_dir(target, seed)
             else:
                 model_dir = os.path.join(out_dir, kind, target,
-                                         source_name if kind == "tpt" else "vanilla", f"seed{seed}")
+                                         tag if kind == "tpt" else "vanilla", f"seed{seed}")
             cfg = dataclasses.replace(base, task=target, init_from=init, seed=int(seed),
                                       model_dir=model_dir,
-                                      run_name=f"{kind}-{source_name}-seed{seed}" if kind == "tpt"
+                                      init_optimizer=init_optimizer if kind == "tpt"
+                                      else base.init_optimizer,
+                                      run_name=f"{kind}-{tag}-seed{seed}" if kind == "tpt"
                                       else f"seed{seed}")
             log.info("transfer init: %s on %s seed %d (%s)", kind.upper(), target, seed, init)
             result = Trainer(cfg, backbone=backbone).run()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 import gin
+import numpy as np
 import optax
 
 from ptransfer.core.errors import ConfigError, close_matches_hint
@@ -117,3 +118,41 @@ def compile_key(cfg: OptimizerConfig) -> str:
     if cfg.warmup_steps <= 0:
         d.pop("learning_rate")
     return json.dumps(d, sort_keys=True)
+
+
+# ---- AdamW moments (carried from a source run into TPT) -----------------------------
+
+def _is_adam(x) -> bool:
+    return isinstance(x, optax.ScaleByAdamState)
+
+
+def adam_moments(opt_state):
+    """(mu, nu) of the one ScaleByAdamState in `opt_state` (arrays shaped like the
+    prompt [L, D]), or None for an optimizer without Adam moments (Adafactor)."""
+    import jax
+
+    found = [x for x in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_adam) if _is_adam(x)]
+    if len(found) != 1:
+        return None
+    return found[0].mu, found[0].nu
+
+
+def with_adam_moments(opt_state, mu, nu):
+    """`opt_state` (a fresh AdamW state) with its moments replaced by `mu`, `nu` and the
+    step counter left at zero, as the official Prompt-Transferability code continues
+    a source run (so the first updates are bias-corrected as step 1, 2, ...)."""
+    import jax
+    import jax.numpy as jnp
+
+    if adam_moments(opt_state) is None:
+        raise ConfigError("the optimizer state has no AdamW moments to replace.")
+
+    def swap(x):
+        if not _is_adam(x):
+            return x
+        if x.mu.shape != np.shape(mu) or x.nu.shape != np.shape(nu):
+            raise ConfigError(f"source AdamW moments are {np.shape(mu)}, this prompt is "
+                              f"{x.mu.shape}; the source must have the same prompt length.")
+        return x._replace(mu=jnp.asarray(mu, x.mu.dtype), nu=jnp.asarray(nu, x.nu.dtype))
+
+    return jax.tree_util.tree_map(swap, opt_state, is_leaf=_is_adam)

@@ -32,10 +32,21 @@ host's shard of the data and assemble the global batch
 (`training/distributed.py`); only the primary host writes files.
 
 Resumption: a checkpoint (`training/checkpointing.py`) holds the prompt, the
-optimizer state, the RNG key, the best prompt so far, the step and the data
-position; the batch iterator restarts at that position. A run killed at any
+optimizer state, the RNG key, the best prompt so far and the optimizer state
+at it, the step and the data position; the batch iterator restarts at that position. A run killed at any
 moment and started again with the same command ends with a prompt bitwise
 equal to an uninterrupted run's (on a fixed machine and device count).
+
+Optimizer state at the start (`init_optimizer`): 'fresh' (a new optimizer
+state, the default) or 'source': INIT_FROM is a bank entry whose run kept its
+AdamW moments (the bank entry's adam_mu / adam_nu, the moments at its exported
+prompt), and this run's AdamW starts from them with the step counter at zero,
+as the official Prompt-Transferability code continues a source checkpoint for
+TPT. A source trained with Adafactor has no AdamW moments: refused with a
+ConfigError (use 'fresh'). An initializer that starts from no trained prompt
+(random, vocab, labels, text) has no state to carry, so such a run starts
+fresh under either setting (one PT run serves both). The bank entry and the
+run identity record the setting in effect (`effective_init_optimizer`).
 
 A non-finite loss stops the run at once: nothing after the last good
 checkpoint is saved, and the error names the step and that checkpoint.
@@ -63,12 +74,20 @@ from ptransfer.core.errors import CheckpointError, ConfigError, PtransferError
 from ptransfer.core.sharding import replicated, shard_params
 from ptransfer.data import BATCH_KEYS
 from ptransfer.training import checkpointing, metric_writers
-from ptransfer.training.optimizer import OptimizerConfig, compile_key, make_optimizer
+from ptransfer.training.optimizer import (
+    OptimizerConfig,
+    adam_moments,
+    compile_key,
+    make_optimizer,
+    with_adam_moments,
+)
 
 log = logging.getLogger(__name__)
 
 
 LOSSES = ("lm", "verbalizer")
+INIT_OPTIMIZERS = ("fresh", "source")
+SOURCE_SCHEMES = ("file", "projected")  # initializers that start from a trained prompt
 CANDIDATE_KEYS = ("candidates", "candidates_mask")
 
 
@@ -98,6 +117,8 @@ class TrainConfig:
     balance_classes:   train on a class-balanced stream (each label's examples
                        repeated on their own and taken in turn;
                        `ptransfer.data`); classification only
+    init_optimizer:    'fresh' or 'source' (carry the AdamW moments of the
+                       INIT_FROM bank entry; see the module docstring)
     checkpoint_every:  save every N steps (and at the end and at each new best)
     keep_checkpoints:  how many of the latest checkpoints to keep (plus the best)
     bank_dir / run_name: where the bank entry goes (None: <model_dir>/bank; run
@@ -141,6 +162,7 @@ class TrainConfig:
     loss_normalization: str = "token"
     loss: str = "lm"
     balance_classes: bool = False
+    init_optimizer: str = "fresh"
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     log_every: int = 10
@@ -167,6 +189,13 @@ class TrainConfig:
         if self.loss not in LOSSES:
             raise ConfigError(f"loss {self.loss!r}: use one of {LOSSES} ('lm': the target "
                               "tokens over the vocabulary, 'verbalizer': the label words only).")
+        if self.init_optimizer not in INIT_OPTIMIZERS:
+            raise ConfigError(f"init_optimizer {self.init_optimizer!r}: use one of "
+                              f"{INIT_OPTIMIZERS}.")
+        if self.effective_init_optimizer() == "source" and self.optimizer.name != "adamw":
+            raise ConfigError(f"INIT_OPTIMIZER='source' continues a source run's AdamW moments, "
+                              f"but this run's optimizer is {self.optimizer.name!r}; use "
+                              "OPTIMIZER='adamw_t5' (or 'adamw_roberta') or INIT_OPTIMIZER='fresh'.")
         if self.export not in ("best", "final"):
             raise ConfigError(f"export {self.export!r}: use 'best' or 'final'.")
         if not self.model_dir:
@@ -198,7 +227,16 @@ class TrainConfig:
             out["loss"] = self.loss
         if self.balance_classes:
             out["balance_classes"] = True
+        if self.effective_init_optimizer() != "fresh":
+            out["init_optimizer"] = self.effective_init_optimizer()
         return out
+
+    def effective_init_optimizer(self) -> str:
+        """'source' only where INIT_FROM is a trained prompt (file: / projected:)."""
+        if self.init_optimizer != "source" or callable(self.init_from):
+            return "fresh"
+        return "source" if prompts.parse_init_from(self.init_from)[0] in SOURCE_SCHEMES \
+            else "fresh"
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -283,6 +321,13 @@ def _cached_step(backbone, optimizer_cfg: OptimizerConfig, normalization: str, m
         backbone, make_optimizer(optimizer_cfg), normalization, mesh, loss))
 
 
+def _copy_tree(tree):
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree_util.tree_map(jnp.copy, tree)
+
+
 def _primary() -> bool:
     import jax
 
@@ -344,6 +389,9 @@ class Trainer:
             raise ConfigError(f"balance_classes needs a classification task; {cfg.task!r} "
                               f"({spec.type}) has no labels. Set BALANCE_CLASSES=False.")
         init_desc = prompts.describe_init(cfg.init_from)
+        source_moments = None
+        if cfg.effective_init_optimizer() == "source":  # checked before anything is loaded
+            source_moments = prompts.source_adam_moments(cfg.init_from)[:2]
         model_dir = fileio.abspath(os.path.expanduser(cfg.model_dir))
         identity = cfg.identity(init_desc)
         checkpointing.check_run_identity(model_dir, identity, write=False)
@@ -392,9 +440,13 @@ class Trainer:
             prompt0 = prompts.init_prompt(cfg.init_from, backbone, cfg.prompt_length,
                                           seed=cfg.seed, label_words=label_words)
             prompt = jax.device_put(jnp.asarray(prompt0), rep)
-            opt_state = jax.device_put(optimizer.init(prompt), rep)
+            opt_state = optimizer.init(prompt)
+            if source_moments is not None:
+                opt_state = with_adam_moments(opt_state, *source_moments)
+            opt_state = jax.device_put(opt_state, rep)
             rng = jax.device_put(jax.random.key_data(jax.random.PRNGKey(cfg.seed)), rep)
             best_prompt = jnp.copy(prompt)
+            best_opt_state = _copy_tree(opt_state)
             step, best_score, best_step = 0, None, None
         else:
             if latest > cfg.train_steps:
@@ -404,10 +456,17 @@ class Trainer:
             zeros = jnp.zeros((cfg.prompt_length, backbone.d_model), jnp.float32)
             opt_leaves, opt_def = jax.tree_util.tree_flatten(jax.eval_shape(optimizer.init, zeros))
             abstract = {"prompt": zeros, "best_prompt": zeros, "opt_state": opt_leaves,
+                        "best_opt_state": opt_leaves,
                         "rng": jax.random.key_data(jax.random.PRNGKey(0))}
-            state, meta = ckpt.restore(latest, checkpointing.abstract_like(abstract, rep))
+            try:
+                state, meta = ckpt.restore(latest, checkpointing.abstract_like(abstract, rep))
+            except CheckpointError:  # written before checkpoints kept the best optimizer state
+                del abstract["best_opt_state"]
+                state, meta = ckpt.restore(latest, checkpointing.abstract_like(abstract, rep))
             prompt, best_prompt, rng = state["prompt"], state["best_prompt"], state["rng"]
             opt_state = jax.tree_util.tree_unflatten(opt_def, state["opt_state"])
+            best_opt_state = (jax.tree_util.tree_unflatten(opt_def, state["best_opt_state"])
+                              if meta.get("best_opt_state_known") else None)
             step, best_score, best_step = int(meta["step"]), meta.get("best_score"), meta.get("best_step")
             log.info("resumed %s from step %d (best %s=%s at step %s)", model_dir, step, metric,
                      best_score, best_step)
@@ -425,15 +484,19 @@ class Trainer:
 
         def save(at_step, score=None):
             meta = {"step": at_step, "data_position": at_step, "best_score": best_score,
-                    "best_step": best_step, "metric": metric, "seed": cfg.seed}
+                    "best_step": best_step, "metric": metric, "seed": cfg.seed,
+                    "best_opt_state_known": best_opt_state is not None}
             ckpt.save(at_step, {"prompt": prompt, "best_prompt": best_prompt,
-                                "opt_state": jax.tree_util.tree_leaves(opt_state), "rng": rng},
+                                "opt_state": jax.tree_util.tree_leaves(opt_state),
+                                "best_opt_state": jax.tree_util.tree_leaves(
+                                    best_opt_state if best_opt_state is not None else opt_state),
+                                "rng": rng},
                       meta, score=score)
 
         eval_seconds = 0.0
 
         def evaluate(at_step, loss=None):
-            nonlocal best_score, best_step, best_prompt, eval_seconds
+            nonlocal best_score, best_step, best_prompt, best_opt_state, eval_seconds
             t_eval = time.perf_counter()
             metrics = scorer.evaluate(prompt, eval_set)
             eval_seconds += time.perf_counter() - t_eval
@@ -444,6 +507,7 @@ class Trainer:
             improved = best_score is None or score > best_score
             if improved:
                 best_score, best_step, best_prompt = score, at_step, jnp.copy(prompt)
+                best_opt_state = _copy_tree(opt_state)
             if writer_on:
                 rec = {"step": at_step, **{k: float(v) for k, v in metrics.items()}}
                 if loss is not None:
@@ -493,13 +557,21 @@ class Trainer:
 
         final_np = scoring.to_host(prompt).astype(np.float32)
         best_np = scoring.to_host(best_prompt).astype(np.float32) if best_score is not None else final_np
+        use_best = cfg.export == "best" and best_score is not None
         exported = best_np if cfg.export == "best" else final_np
+        # The AdamW moments that belong with the exported prompt (a TPT run may continue
+        # them); None after a resume from a checkpoint that predates them.
+        moments = adam_moments(best_opt_state if use_best else opt_state)
+        extras = {}
+        if moments is not None and (best_opt_state is not None or not use_best):
+            extras = dict(zip(bank.ADAM_MOMENTS, (scoring.to_host(m).astype(np.float32)
+                                                  for m in moments)))
         entry = None
         if writer_on:
             fileio.write_npy(fileio.join(model_dir, "prompt.npy"), final_np)
             fileio.write_npy(fileio.join(model_dir, "best_prompt.npy"), best_np)
             entry = self._write_bank(backbone, exported, init_desc, best_score, best_step, metric,
-                                     curve.records)
+                                     curve.records, extras)
         ckpt.close()
         wall = time.perf_counter() - t_start
         loop_eval = eval_seconds - eval_before_loop
@@ -515,7 +587,7 @@ class Trainer:
                            if trained_steps and loop_time > 0 else None)
 
     def _write_bank(self, backbone, prompt, init_desc, best_score, best_step, metric,
-                    records) -> str:
+                    records, extras) -> str:
         cfg = self.cfg
         bank_dir = cfg.bank_dir or fileio.join(cfg.model_dir, "bank")
         run = self.bank_run_name()
@@ -536,10 +608,13 @@ class Trainer:
             "optimizer": cfg.optimizer.to_dict(), "batch_size": cfg.batch_size,
             "eval_examples": cfg.eval_examples, "eval_split": cfg.eval_split,
             "loss": cfg.loss, "balance_classes": cfg.balance_classes,
+            "init_optimizer": cfg.effective_init_optimizer(),
+            "optimizer_state": ("adam_moments" if all(k in extras for k in bank.ADAM_MOMENTS)
+                                else None),
             "provenance": {"kind": "prompt_tuning", "model_dir": model_dir},
         }
         return bank.write_entry(bank_dir, backbone.name, cfg.task, run, prompt, meta,
-                                records, overwrite=overwrite)
+                                records, overwrite=overwrite, extras=extras)
 
 
 def _nonfinite_message(loss: float, step: int, ckpt) -> str:
