@@ -79,6 +79,9 @@ def test_tpt_from_a_bank_entry_with_its_adamw_moments(tmp_path, data_dir, monkey
     np.testing.assert_array_equal(mu, np.asarray(at_end[0]))
     np.testing.assert_array_equal(nu, np.asarray(at_end[1]))
     assert np.abs(mu).max() > 0 and nu.min() >= 0
+    # The entry keeps both of the run's prompts.
+    np.testing.assert_array_equal(bank.read_prompt(src.bank_entry, "final"), src.final_prompt)
+    np.testing.assert_array_equal(bank.read_prompt(src.bank_entry, "best"), src.best_prompt)
 
     # TPT through run_pair: vanilla PT is the source run itself (same settings, seed 0).
     base = _config(tmp_path, data_dir, "unused", init_optimizer="source", export="final")

@@ -10,7 +10,9 @@ Layout (one entry per run; several seeds of a task are several runs):
       metrics.jsonl   one JSON object per logged eval (the whole curve)
       <name>.npy      optional extra arrays (`write_entry(extras=...)`), e.g.
                       adam_mu.npy / adam_nu.npy, the AdamW moments that belong
-                      with prompt.npy (`ADAM_MOMENTS`), or final_prompt.npy
+                      with prompt.npy (`ADAM_MOMENTS`), and the run's other prompt:
+                      final_prompt.npy when prompt.npy is the best-scoring one,
+                      best_prompt.npy when it is the final one (`read_prompt`)
       COMPLETE        written last: sha256 of the files above
 
 Writes are atomic: everything goes into a hidden temp directory next to the
@@ -61,6 +63,8 @@ ENTRY_FILES = (PROMPT_FILE, META_FILE, METRICS_FILE)
 # ([L, D] each; for INIT_OPTIMIZER='source'), and the run's final prompt.
 ADAM_MOMENTS = ("adam_mu", "adam_nu")
 FINAL_PROMPT = "final_prompt"
+BEST_PROMPT = "best_prompt"
+PROMPT_KINDS = ("exported", "best", "final")
 
 # Keys the writer must supply (a value may be None when unknown, e.g. for an
 # imported prompt); backbone, task, run, prompt_length and d_model are filled in.
@@ -416,6 +420,24 @@ def read_extra(path: str, name: str) -> np.ndarray | None:
         raise CheckpointError(f"bank entry {path}: {file} does not match its checksum in "
                               f"{COMPLETE_FILE} (modified or corrupt); write the entry again.")
     return np.load(io.BytesIO(blob), allow_pickle=False)
+
+
+def read_prompt(path: str, which: str = "exported") -> np.ndarray:
+    """One prompt of an entry, float32 [L, D]: 'exported' (prompt.npy), or the run's
+    'best' / 'final' prompt (prompt.npy when meta `exported` says it is that one,
+    else the best_prompt / final_prompt extra). DataError when the entry lacks it
+    (imported or older entries keep only prompt.npy)."""
+    if which not in PROMPT_KINDS:
+        raise ConfigError(f"prompt {which!r}: use one of {PROMPT_KINDS}.")
+    prompt, meta, _ = read_entry(path)
+    if which == "exported" or meta.get("exported") == which:
+        return prompt
+    extra = read_extra(path, FINAL_PROMPT if which == "final" else BEST_PROMPT)
+    if extra is None:
+        raise DataError(f"bank entry {path} keeps only its {meta.get('exported', 'exported')} "
+                        f"prompt, not the {which} one (written by an import or before the "
+                        "bank kept both); retrain the run to get it.")
+    return extra
 
 
 def find_entry(bank_dir: str, backbone: str, task: str, run: str | None = None) -> BankEntry:

@@ -566,6 +566,11 @@ class Trainer:
         if moments is not None and (best_opt_state is not None or not use_best):
             extras = dict(zip(bank.ADAM_MOMENTS, (scoring.to_host(m).astype(np.float32)
                                                   for m in moments)))
+        # The bank keeps both prompts of the run: prompt.npy and the other one.
+        if cfg.export == "best":
+            extras[bank.FINAL_PROMPT] = final_np
+        else:
+            extras[bank.BEST_PROMPT] = best_np
         entry = None
         if writer_on:
             fileio.write_npy(fileio.join(model_dir, "prompt.npy"), final_np)
@@ -608,7 +613,7 @@ class Trainer:
             "optimizer": cfg.optimizer.to_dict(), "batch_size": cfg.batch_size,
             "eval_examples": cfg.eval_examples, "eval_split": cfg.eval_split,
             "loss": cfg.loss, "balance_classes": cfg.balance_classes,
-            "init_optimizer": cfg.effective_init_optimizer(),
+            "init_optimizer": cfg.effective_init_optimizer(), "final_step": cfg.train_steps,
             "optimizer_state": ("adam_moments" if all(k in extras for k in bank.ADAM_MOMENTS)
                                 else None),
             "provenance": {"kind": "prompt_tuning", "model_dir": model_dir},
