@@ -4,8 +4,8 @@
 `--gin_search_path`, each entry of `$PTRANSFER_GIN_PATH` (os.pathsep-separated),
 and the `gin_configs/`
 directory that ships with ptransfer (the repository's top-level
-`gin_configs/`, found next to the installed package; an installed copy under
-`<prefix>/share/ptransfer/gin_configs` is used when present). `include`
+`gin_configs/` in a checkout; the copy a built wheel carries as package data,
+`ptransfer/gin_configs/`, found with importlib.resources, when installed). `include`
 statements inside gin files use the same search path.
 
 `--gin.NAME=VALUE` becomes the binding `NAME = VALUE`. VALUE is a gin literal
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.resources
 import os
 import re
 import sys
@@ -45,15 +46,31 @@ CONFIGURABLE_MODULES = (
 )
 
 
+def packaged_gin_configs() -> str | None:
+    """The `gin_configs/` directory that ships with ptransfer, or None.
+
+    A checkout (editable install) has it at the repository's top level; a built
+    wheel carries a copy as package data, `ptransfer/gin_configs/`.
+    """
+    repo = Path(__file__).resolve().parents[2] / "gin_configs"
+    if repo.is_dir():
+        return str(repo)
+    shipped = importlib.resources.files("ptransfer") / "gin_configs"
+    if shipped.is_dir():
+        # an installed (unzipped) wheel: the Traversable is a real directory.
+        return str(shipped)
+    return None
+
+
 def gin_search_paths(extra: Sequence[str] = ()) -> list[str]:
     """Directories searched for `--gin_file` and `include` names, in order: the
-    current directory, `extra` (--gin_search_path), $PTRANSFER_GIN_PATH, and
+    current directory, `extra` (--gin_search_path(s)), $PTRANSFER_GIN_PATH, and
     ptransfer's own gin_configs/."""
     paths = [os.getcwd(), *extra]
     paths += [p for p in os.environ.get("PTRANSFER_GIN_PATH", "").split(os.pathsep) if p]
-    repo = Path(__file__).resolve().parents[2] / "gin_configs"
-    shared = Path(sys.prefix) / "share" / "ptransfer" / "gin_configs"
-    paths += [str(p) for p in (repo, shared) if p.is_dir()]
+    packaged = packaged_gin_configs()
+    if packaged:
+        paths.append(packaged)
     return paths
 
 
