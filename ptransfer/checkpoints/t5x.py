@@ -18,11 +18,20 @@ stored bfloat16 as uint16; those are reinterpreted.
 
 Only msgpack and zarr are read (nothing is unpickled), and array paths from
 the msgpack must stay inside the checkpoint directory.
+
+Paths go through `ptransfer.core.fileio`, so a checkpoint may live on any
+filesystem tf.io.gfile knows. Zarr arrays are read by tensorstore with the
+kvstore driver matching the path: `file` for a local path, `gcs` for
+`gs://bucket/...` (tensorstore's own GCS client: parallel chunk reads, the
+usual Google credentials); on any other scheme (`ram://`, `s3://` through
+tensorflow-io, ...) the array's files are copied through fileio into a
+tensorstore `memory` kvstore first.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import shutil
 import tempfile
@@ -30,6 +39,7 @@ import tempfile
 import numpy as np
 
 from ptransfer.checkpoints.tree import flatten, unflatten
+from ptransfer.core import fileio
 from ptransfer.core.errors import CheckpointError
 
 VERSION = 3
@@ -56,23 +66,52 @@ def _flatten(tree, prefix=""):
 def resolve_checkpoint_dir(path: str) -> str:
     """A `checkpoint_<step>` dir, the `checkpoint` file in it, or a parent
     directory of several (the latest step wins) -> the checkpoint directory."""
-    if os.path.isfile(path) and os.path.basename(path) == CHECKPOINT_FILE:
-        return os.path.dirname(path) or "."
-    if not os.path.isdir(path):
+    path = path.rstrip("/") if fileio.is_remote(path) else path
+    if posixpath.basename(path) == CHECKPOINT_FILE and fileio.isfile(path):
+        return posixpath.dirname(path) if fileio.is_remote(path) else (os.path.dirname(path) or ".")
+    if not fileio.isdir(path):
         raise CheckpointError(f"T5X checkpoint {path!r} does not exist; pass a checkpoint_<step> "
                               "directory (it holds a msgpack file named 'checkpoint').")
-    if os.path.isfile(os.path.join(path, CHECKPOINT_FILE)):
+    if fileio.isfile(fileio.join(path, CHECKPOINT_FILE)):
         return path
     steps = []
-    for name in os.listdir(path):
+    for name in fileio.listdir(path):
         m = re.fullmatch(r"checkpoint_(\d+)", name)
-        if m and os.path.isfile(os.path.join(path, name, CHECKPOINT_FILE)):
+        if m and fileio.isfile(fileio.join(path, name, CHECKPOINT_FILE)):
             steps.append((int(m.group(1)), name))
     if not steps:
         raise CheckpointError(f"{path} is not a T5X checkpoint: no '{CHECKPOINT_FILE}' file in it "
                               "and no checkpoint_<step>/ subdirectory holding one.")
-    return os.path.join(path, max(steps)[1])
+    return fileio.join(path, max(steps)[1])
 
+
+def kvstore_spec(array_dir: str) -> dict | None:
+    """The tensorstore kvstore that reads `array_dir` directly, or None when
+    tensorstore has no driver for its scheme (then the files are copied)."""
+    if not fileio.is_remote(array_dir):
+        return {"driver": "file", "path": array_dir}
+    if array_dir.startswith("gs://"):
+        bucket, _, key = array_dir[len("gs://"):].partition("/")
+        return {"driver": "gcs", "bucket": bucket, "path": key.rstrip("/") + "/"}
+    return None
+
+
+def _copied_to_memory(array_dir: str) -> dict:
+    """Copies a zarr array directory (any fileio path) into a tensorstore memory kvstore."""
+    import tensorstore as ts
+
+    kv = ts.KvStore.open({"driver": "memory"}).result()
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        here = fileio.join(array_dir, rel) if rel else array_dir
+        for name in fileio.listdir(here):
+            key = f"{rel}{name}"
+            if fileio.isdir(fileio.join(array_dir, key)):
+                pending.append(key + "/")
+            else:
+                kv[key] = fileio.read_bytes(fileio.join(array_dir, key))
+    return kv
 
 class T5XCheckpoint:
     """Read-only view of the parameters (`target/...`) of a T5X checkpoint.
@@ -86,9 +125,11 @@ class T5XCheckpoint:
         from flax import serialization
 
         self.directory = resolve_checkpoint_dir(path)
-        file = os.path.join(self.directory, CHECKPOINT_FILE)
-        with open(file, "rb") as f:
-            raw = f.read()
+        file = fileio.join(self.directory, CHECKPOINT_FILE)
+        try:
+            raw = fileio.read_bytes(file)
+        except OSError as e:
+            raise CheckpointError(f"cannot read the T5X checkpoint file {file}: {e}") from None
         if raw.startswith(b"model_checkpoint_path"):
             raise CheckpointError(f"{file} is a TensorFlow (Mesh TF) checkpoint index, not a T5X "
                                   "checkpoint; convert it with T5X's convert_tf_checkpoint first.")
@@ -130,12 +171,12 @@ class T5XCheckpoint:
             raise CheckpointError(f"{self.directory}: {path} uses tensorstore driver "
                                   f"{kvstore.get('driver')!r}; only file/gcs zarr arrays are read.")
         parts = [p for p in (kvstore.get("path"), spec.get("path")) if p]
-        rel = os.path.join(*parts) if parts else ""
+        rel = posixpath.join(*parts) if parts else ""
         # Arrays live inside the checkpoint directory; refuse anything else.
         if not rel or os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
             raise CheckpointError(f"{self.directory}: {path} points at {rel!r}, outside the "
                                   "checkpoint directory; the checkpoint is corrupt or unsafe.")
-        return os.path.join(self.directory, rel)
+        return fileio.join(self.directory, rel)
 
     def get(self, path: str) -> np.ndarray:
         """The array at `path` (a numpy array in its stored dtype)."""
@@ -148,12 +189,16 @@ class T5XCheckpoint:
             raise CheckpointError(f"{self.directory}: {path} is stored with tensorstore driver "
                                   f"{leaf.get('driver')!r}; only zarr arrays are supported.")
         array_dir = self._array_dir(leaf, path)
-        if not os.path.isdir(array_dir):
+        if not fileio.isdir(array_dir):
             raise CheckpointError(f"{self.directory}: the array directory for {path} "
-                                  f"({os.path.basename(array_dir)}) is missing.")
+                                  f"({posixpath.basename(array_dir)}) is missing.")
         try:
-            store = ts.open({"driver": "zarr", "kvstore": {"driver": "file", "path": array_dir}},
-                            open=True, read=True).result()
+            direct = kvstore_spec(array_dir)
+            if direct is not None:
+                store = ts.open({"driver": "zarr", "kvstore": direct}, open=True, read=True).result()
+            else:
+                store = ts.open({"driver": "zarr"}, kvstore=_copied_to_memory(array_dir),
+                                open=True, read=True).result()
             array = np.asarray(store.read().result())
         except Exception as e:  # tensorstore raises ValueError for every kind of failure
             raise CheckpointError(f"{self.directory}: cannot read {path}: {e}") from None
