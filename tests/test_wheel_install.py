@@ -71,7 +71,7 @@ def test_wheel_ships_gin_configs_and_runs_outside_the_checkout(installed):
 
     out = _run([venv / "bin" / "ptransfer", "train", "--gin_file=models/t5_tiny.gin",
                 "--gin_file=runs/prompt_tune.gin", "--gin_file=prompts/random_uniform.gin",
-                "--gin.TASK=mr", "--gin.MODEL_DIR=run", "--gin.TRAIN_STEPS=3", "--print_config"],
+                "--gin.TASK=mr", "--gin.MODEL_DIR=./run", "--gin.TRAIN_STEPS=3", "--print_config"],
                cwd=outside, env=env)
     assert "TRAIN_STEPS = 3" in out and "preset:t5_tiny" in out
     assert not (outside / "run").exists()  # --print_config loads and writes nothing

@@ -1,5 +1,9 @@
 """Gin on the command line, T5X style: `--gin_file=…` (repeatable) and `--gin.NAME=VALUE`.
 
+T5X's spellings are accepted too: `--gin_bindings=…`, comma-separated
+`--gin_search_paths=a,b`, `--tfds_data_dir=DIR` (= `--gin.DATA_DIR=DIR`) and
+absl's `--alsologtostderr` / `--logtostderr` (logs always go to stderr).
+
 `--gin_file` names are looked up in, in order: the current directory, each
 `--gin_search_path`, each entry of `$PTRANSFER_GIN_PATH` (os.pathsep-separated),
 and the `gin_configs/`
@@ -10,8 +14,8 @@ statements inside gin files use the same search path.
 
 `--gin.NAME=VALUE` becomes the binding `NAME = VALUE`. VALUE is a gin literal
 (`--gin.TASK="'mr'"`, `--gin.BATCH_SIZE=8`, `--gin.INIT_FROM=None`); a bare
-word that is not a number, bool, None or a reference (`--gin.TASK=mr`) is
-taken as a string, so shell quoting is optional.
+word that is not a number, bool, None or a reference (`--gin.TASK=mr`,
+`--gin.MODEL_DIR=./rel`) is taken as a string, so shell quoting is optional.
 
 All gin is parsed and checked before anything is loaded or compiled:
 an unknown configurable or parameter, a macro override nobody reads, a macro
@@ -32,8 +36,12 @@ from typing import Iterable, Sequence
 from ptransfer.core.errors import ConfigError, close_matches_hint
 
 _GIN_FLAG = re.compile(r"^--gin\.(?P<name>[^=]+)=(?P<value>.*)$", re.S)
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 _MACRO_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
-_LITERAL_START = tuple("'\"[({@%-.0123456789")
+_LITERAL_START = tuple("'\"[({@%")
+
+# gin's public API can only append include-search paths; remember what was added.
+_INCLUDE_PATHS_ADDED: set[str] = set()
 
 # Modules holding the configurables that gin files may bind; imported before parsing.
 CONFIGURABLE_MODULES = (
@@ -92,26 +100,64 @@ class _GinArgumentParser(argparse.ArgumentParser):
         return super().parse_known_args(rewrite_gin_args(args), namespace)
 
 
+class _ExtendSplitByComma(argparse.Action):
+    """`--gin_search_paths=a,b` (T5X's spelling) extends the `--gin_search_path` list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, self.dest) or [])
+        items += [p for p in values.split(",") if p]
+        setattr(namespace, self.dest, items)
+
+
+class _TfdsDataDir(argparse.Action):
+    """`--tfds_data_dir=DIR` (T5X's flag) is the binding `DATA_DIR = 'DIR'`."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, self.dest) or [])
+        items.append(f"DATA_DIR = {values!r}")
+        setattr(namespace, self.dest, items)
+
+
 def add_gin_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds `--gin_file`, `--gin_binding` and the `--gin.NAME=VALUE` family to a (sub)parser."""
+    """Adds the gin flags to a (sub)parser, in ptransfer's and T5X's spellings:
+    `--gin_file`, `--gin_binding`/`--gin_bindings`, the `--gin.NAME=VALUE`
+    family, `--gin_search_path` (repeatable) / `--gin_search_paths` (comma-
+    separated), `--tfds_data_dir` (sets DATA_DIR), and absl's
+    `--alsologtostderr`/`--logtostderr` (accepted; logs always go to stderr)."""
     parser.__class__ = type("GinArgumentParser", (_GinArgumentParser, type(parser)), {})
     parser.add_argument("--gin_file", action="append", default=[], metavar="FILE",
                         help="gin file (repeatable), looked up in the gin search path "
                              "(cwd, $PTRANSFER_GIN_PATH, ptransfer's gin_configs/)")
-    parser.add_argument("--gin_binding", "--gin", action="append", default=[], metavar="BINDING",
+    parser.add_argument("--gin_binding", "--gin_bindings", "--gin", action="append", default=[],
+                        metavar="BINDING", dest="gin_binding",
                         help="a gin binding, e.g. \"TASK = 'mr'\"; --gin.TASK=mr is the short form")
     parser.add_argument("--gin_search_path", action="append", default=[], metavar="DIR",
                         help="extra directory searched for gin files (before the defaults)")
+    parser.add_argument("--gin_search_paths", action=_ExtendSplitByComma, dest="gin_search_path",
+                        metavar="DIR,DIR", help="comma-separated extra gin directories (T5X's flag)")
+    parser.add_argument("--tfds_data_dir", action=_TfdsDataDir, dest="gin_binding", metavar="DIR",
+                        help="TFDS data directory; the same as --gin.DATA_DIR=DIR")
+    for flag in ("--alsologtostderr", "--logtostderr"):
+        parser.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+
+
+def _is_number(text: str) -> bool:
+    return _NUMBER.match(text) is not None
 
 
 def _as_binding(raw: str) -> str:
-    """'TASK=mr' -> "TASK = 'mr'"; a binding already in gin syntax passes through."""
+    """'TASK=mr' -> "TASK = 'mr'"; a binding already in gin syntax passes through.
+
+    VALUE is kept as a gin literal when it is quoted, a container, a reference
+    (@x, %X), a number, True/False/None; anything else (`./rel`, `gs://b/x`,
+    `mr`) is taken as a string."""
     name, sep, value = raw.partition("=")
     name, value = name.strip(), value.strip()
     if not sep or not name:
         raise ConfigError(f"gin binding {raw!r} has no value; write --gin.NAME=VALUE, "
                           "e.g. --gin.TASK=mr or --gin.BATCH_SIZE=8.")
-    if value and not value.startswith(_LITERAL_START) and value not in ("True", "False", "None"):
+    literal = value.startswith(_LITERAL_START) or _is_number(value) or value in ("True", "False", "None")
+    if value and not literal:
         value = repr(value)
     return f"{name} = {value}"
 
@@ -150,7 +196,9 @@ def macro_table() -> tuple[dict, set]:
     from gin import config as gc
 
     defined, referenced = {}, set()
-    for (scope, selector), params in gc._CONFIG.items():  # gin keeps no public view of this
+    # gin has no public view of all bindings (config_str() is text, get_bindings
+    # needs the configurable), so this one read of gin's table stays private.
+    for (scope, selector), params in gc._CONFIG.items():
         if selector == "gin.macro":
             defined[scope] = params.get("value")
         for v in params.values():
@@ -172,7 +220,7 @@ def _gin_error(e: Exception, where: str) -> ConfigError:
     if m:
         from gin import config as gc
 
-        known = {sel.split(".")[-1] for sel, _ in gc._REGISTRY.items()}
+        known = {sel.split(".")[-1] for sel, _ in gc._REGISTRY.items()}  # no public listing
         hint = close_matches_hint(m.group(1).split(".")[-1], known)
     return ConfigError(f"gin {where}: {msg}.{hint}")
 
@@ -194,11 +242,13 @@ def parse_gin(gin_files: Iterable[str], bindings: Iterable[str], *,
         except ModuleNotFoundError as e:
             if e.name != mod:
                 raise
-    from gin import config as gc
 
     gin.clear_config(clear_constants=False)
     search = gin_search_paths(search_paths)
-    gc._LOCATION_PREFIXES[:] = [""] + search[1:]  # for `include`; '' is the cwd
+    for d in search[1:]:  # for `include` (gin already searches the cwd first)
+        if d not in _INCLUDE_PATHS_ADDED:
+            gin.add_config_file_search_path(d)
+            _INCLUDE_PATHS_ADDED.add(d)
     files = [_resolve_file(f, search) for f in gin_files]
     for f in files:
         try:
