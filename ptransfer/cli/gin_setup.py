@@ -299,3 +299,19 @@ def config_text() -> str:
     import gin
 
     return gin.config_str()
+
+
+OPERATIVE_CONFIG_FILE = "config.gin"
+
+
+def write_operative_config(model_dir: str) -> str:
+    """Writes `<model_dir>/config.gin`, gin's operative config (only the
+    parameters the run's configurables actually used, macros included), as
+    T5X does; atomically, on any fileio path. Returns the path."""
+    import gin
+
+    from ptransfer.core import fileio
+
+    fileio.makedirs(model_dir)
+    path = fileio.join(model_dir, OPERATIVE_CONFIG_FILE)
+    return fileio.atomic_write(path, gin.operative_config_str())

@@ -72,7 +72,10 @@ def _run_train(args) -> int:
     distributed.maybe_initialize_distributed()
     distributed.hide_accelerators_from_tensorflow()
     config = trainer.build_train_config()
-    result = trainer.Trainer(config).run()
+    run = trainer.Trainer(config)
+    gin_setup.write_operative_config(config.model_dir)  # the configurables called so far
+    result = run.run()
+    gin_setup.write_operative_config(config.model_dir)  # complete: everything the run called
     summary = {"model_dir": config.model_dir, "steps": result.steps, "metric": result.metric,
                "best_score": result.best_score, "best_step": result.best_step,
                "bank_entry": result.bank_entry, "wall_time_s": round(result.wall_time_s, 2)}
