@@ -90,3 +90,14 @@ def test_correlate_with_sources_not_matching_targets_keeps_all_pairs():
         corr.correlate(ind, tr[:3])
     many = corr.correlate_all({"E_concat": ind, "ON": -ind}, tr)
     np.testing.assert_allclose(many["ON"].overall.rho, -many["E_concat"].overall.rho)
+
+
+def test_spearman_with_ties_is_pearson_of_average_ranks():
+    """Ties included: rho is the Pearson correlation of the average ranks (numpy formula)."""
+    x = np.array([1.0, 2.0, 2.0, 3.0, 5.0, 5.0, 5.0, 0.5])
+    y = np.array([0.3, 0.1, 0.4, 0.4, 0.9, 0.2, 0.9, 0.0])
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    want = np.corrcoef(rx, ry)[0, 1]
+    got = corr.spearman(x, y)
+    assert got.n == 8 and abs(got.rho - want) < 1e-12
+    assert abs(got.pvalue - stats.spearmanr(x, y).pvalue) < 1e-12

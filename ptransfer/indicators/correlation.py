@@ -1,8 +1,8 @@
 """Spearman rank correlation between an indicator and measured transfer.
 
-`spearman` is Spearman's rho with average ranks for ties (the Pearson
-correlation of the ranks), as `scipy.stats.spearmanr`, with its two-sided
-p-value from Student's t with n - 2 degrees of freedom.
+`spearman` is `scipy.stats.spearmanr`: Spearman's rho with average ranks for
+ties (the Pearson correlation of the ranks) and its two-sided p-value from
+Student's t with n - 2 degrees of freedom.
 
 `correlate` takes an indicator matrix [S, T] (similarity between source
 prompt s and the prompt of target task t) and the relative-transfer matrix
@@ -23,24 +23,14 @@ import math
 from typing import Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 from ptransfer.core.errors import ConfigError
 
 
 def average_ranks(x) -> np.ndarray:
     """Ranks 1..n of x [n] (float64); tied values share the mean of their ranks."""
-    x = np.asarray(x, np.float64).reshape(-1)
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    # run boundaries of equal values in sorted order
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    ends = np.r_[starts[1:], len(xs)]
-    ranks_sorted = np.empty(len(xs), np.float64)
-    for s, e in zip(starts, ends):
-        ranks_sorted[s:e] = (s + 1 + e) / 2.0  # mean of ranks s+1 .. e
-    ranks = np.empty_like(ranks_sorted)
-    ranks[order] = ranks_sorted
-    return ranks
+    return stats.rankdata(np.asarray(x, np.float64).reshape(-1), method="average")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,18 +58,10 @@ def spearman(x, y) -> Spearman:
     n = int(x.size)
     if n < 3:
         return Spearman(math.nan, math.nan, n)
-    rx, ry = average_ranks(x), average_ranks(y)
-    dx, dy = rx - rx.mean(), ry - ry.mean()
-    denom = math.sqrt(float(dx @ dx) * float(dy @ dy))
-    if denom == 0.0:  # a constant vector: rank correlation undefined
+    if np.all(x == x[0]) or np.all(y == y[0]):  # a constant vector: rank correlation undefined
         return Spearman(math.nan, math.nan, n)
-    rho = float(np.clip(float(dx @ dy) / denom, -1.0, 1.0))
-    if abs(rho) == 1.0:
-        return Spearman(rho, 0.0, n)
-    from scipy.stats import t as student_t
-
-    tstat = rho * math.sqrt((n - 2) / ((1.0 - rho) * (1.0 + rho)))
-    return Spearman(rho, float(2.0 * student_t.sf(abs(tstat), n - 2)), n)
+    result = stats.spearmanr(x, y)  # average ranks for ties; two-sided t-test p-value
+    return Spearman(float(result.statistic), float(result.pvalue), n)
 
 
 @dataclasses.dataclass(frozen=True)
