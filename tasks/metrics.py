@@ -15,6 +15,9 @@ predicted string; summarization metrics one reference and one prediction.
                       over the gold answers, averaged over examples
   rouge_1/2/l         mean F-measure of rouge-score's rouge1 / rouge2 / rougeL,
                       Porter stemming on
+  rouge_lsum          rouge-score's rougeLsum (summary-level LCS over sentences,
+                      the paper's and T5's ROUGE-L), sentences split after
+                      . ! ? followed by whitespace (and at newlines)
 """
 
 from __future__ import annotations
@@ -106,6 +109,14 @@ def squad_f1(references, predictions) -> float:
 
 # ---- ROUGE ---------------------------------------------------------------------------
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentence_lines(text: str) -> str:
+    """One sentence per line, the input rougeLsum expects."""
+    return "\n".join(s for line in text.splitlines() for s in _SENTENCE_END.split(line.strip()) if s)
+
+
 def _rouge(kind: str, references, predictions) -> float:
     from rouge_score import rouge_scorer
 
@@ -113,6 +124,9 @@ def _rouge(kind: str, references, predictions) -> float:
         raise ValueError(f"need one prediction per reference (> 0); got {len(predictions)} "
                          f"for {len(references)}.")
     scorer = rouge_scorer.RougeScorer([kind], use_stemmer=True)
+    if kind == "rougeLsum":
+        references = [sentence_lines(r) for r in references]
+        predictions = [sentence_lines(p) for p in predictions]
     return 100.0 * float(np.mean([scorer.score(r, p)[kind].fmeasure
                                   for r, p in zip(references, predictions)]))
 
@@ -129,6 +143,10 @@ def rouge_l(references, predictions) -> float:
     return _rouge("rougeL", references, predictions)
 
 
+def rouge_lsum(references, predictions) -> float:
+    return _rouge("rougeLsum", references, predictions)
+
+
 METRICS = {
     "accuracy": accuracy,
     "balanced_accuracy": balanced_accuracy,
@@ -138,6 +156,7 @@ METRICS = {
     "rouge_1": rouge_1,
     "rouge_2": rouge_2,
     "rouge_l": rouge_l,
+    "rouge_lsum": rouge_lsum,
 }
 
 

@@ -77,10 +77,71 @@ def test_compute_metrics_uses_the_task_metric_list():
     got = tasks.compute_metrics(tasks.get_spec("squad"), [["Paris"]], ["paris"])
     assert got == {"squad_f1": 100.0, "squad_em": 100.0}
     assert set(tasks.compute_metrics(tasks.get_spec("samsum"), ["a b"], ["a b"])) == {
-        "rouge_l", "rouge_1", "rouge_2"}
+        "rouge_l", "rouge_lsum", "rouge_1", "rouge_2"}
 
 
 def test_seqio_metric_fn_maps_label_text():
     (fn,) = metrics.seqio_metric_fns(tasks.get_spec("sst2"))
     got = fn([b"positive", "negative", "positive"], ["positive", "positive", "garbage"])
     assert got["accuracy"] == pytest.approx(100 / 3)
+
+
+def test_rouge_lsum_is_summary_level_lcs_by_hand():
+    """rougeLsum: per reference sentence, the union of its LCS tokens with every
+    prediction sentence; here ref 'a b c. d e' vs pred 'a c. e d': sentence 1
+    shares a,c (LCS 2), sentence 2 shares d or e with 'e d' (LCS 1) -> union 3
+    of 5 reference and 5 predicted tokens; the sentence-blind rougeL LCS of
+    'a b c d e' / 'a c e d' is 3 as well, but with 4 predicted tokens."""
+    assert metrics.sentence_lines("a b c. d e") == "a b c.\nd e"
+    got = metrics.rouge_lsum(["a b c. d e"], ["a c. e d"])
+    p, r = 3 / 4, 3 / 5  # 4 predicted tokens (punctuation is dropped by the tokenizer)
+    assert got == pytest.approx(100 * 2 * p * r / (p + r))
+    # across sentences rougeLsum differs from rougeL: 'x y. z' vs 'z. x y'
+    assert metrics.rouge_lsum(["x y. z"], ["z. x y"]) == pytest.approx(100.0)
+    assert metrics.rouge_l(["x y. z"], ["z. x y"]) == pytest.approx(100 * 2 / 3)
+
+
+def _official_squad_v11_f1(prediction, ground_truth):
+    """The SQuAD v1.1 evaluation script's definition, written from its text:
+    normalize_answer = white_space_fix(remove_articles(remove_punc(lower(s)))),
+    f1 = 2PR/(P+R) over the Counter intersection of the normalized tokens,
+    and metric_max_over_ground_truths takes the max over the gold answers."""
+    import re as _re
+    import string as _string
+    from collections import Counter
+
+    def normalize(s):
+        s = s.lower()
+        s = "".join(ch for ch in s if ch not in set(_string.punctuation))
+        s = _re.sub(r"\b(a|an|the)\b", " ", s)
+        return " ".join(s.split())
+
+    p, g = normalize(prediction).split(), normalize(ground_truth).split()
+    common = Counter(p) & Counter(g)
+    same = sum(common.values())
+    if same == 0:
+        return 0
+    precision, recall = 1.0 * same / len(p), 1.0 * same / len(g)
+    return (2 * precision * recall) / (precision + recall)
+
+
+# (prediction, gold answers) pairs in the style of SQuAD v1.1 dev answers.
+_SQUAD_CASES = [
+    ("Denver Broncos", ["Denver Broncos", "Denver Broncos", "Denver Broncos"]),
+    ("the Broncos", ["Denver Broncos"]),
+    ("Santa Clara, California", ["Santa Clara, California", "Levi's Stadium",
+                                 "Levi's Stadium in the San Francisco Bay Area at Santa Clara, California."]),
+    ("February 7, 2016", ["February 7, 2016", "February 7", "February 7, 2016"]),
+    ("an American football game", ["American football", "the Super Bowl"]),
+    ("gold", ["golden anniversary", "gold-themed", "gold"]),
+    ("nothing at all", ["Carolina Panthers"]),
+]
+
+
+def test_squad_f1_matches_the_official_definition():
+    refs = [golds for _, golds in _SQUAD_CASES]
+    preds = [pred for pred, _ in _SQUAD_CASES]
+    scores = [max(_official_squad_v11_f1(p, g) for g in golds) for p, golds in _SQUAD_CASES]
+    want = 100 * sum(scores) / len(scores)
+    assert metrics.squad_f1(refs, preds) == pytest.approx(want, abs=1e-12)
+    assert 0 < want < 100  # the cases include partial matches and a miss
