@@ -17,22 +17,37 @@ otherwise. With 2, its prompt-tuning forward prepends only rows
 Export therefore writes the prompt in rows [:L] and zeros after it; import
 takes rows [:num_virtual_tokens]. Only safetensors is read; a pickled
 adapter_model.bin is refused.
+
+Export also writes a README.md model card (PEFT's YAML front matter:
+`library_name: peft`, `base_model`), every file mode 0644. `backbone_facts`
+reads num_layers / num_attention_heads / the HF base model from a backbone
+spec without loading weights, and the GGUF weight types: a prompt trained on
+a quantized GGUF model (Q4_1, Q4_K, ...) was fitted to rounded weights, so
+its export for the full-precision model is flagged (logged and in the card).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
 
 from ptransfer import backbones
+from ptransfer.checkpoints import gguf as gguf_ckpt
 from ptransfer.core import fileio
 from ptransfer.core.errors import CheckpointError, ConfigError
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 PICKLE_FILE = "adapter_model.bin"
+CARD_FILE = "README.md"
+FILE_MODE = 0o644
+# GGUF weight types that are not quantized.
+_FULL_PRECISION_GGML = {"F32", "F16", "BF16", "F64"}
+
+log = logging.getLogger(__name__)
 PROMPT_KEY = "prompt_embeddings"
 PEFT_TYPE = "PROMPT_TUNING"
 TASK_TYPES = ("SEQ_2_SEQ_LM", "CAUSAL_LM", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS",
@@ -78,10 +93,78 @@ def peft_config(num_virtual_tokens: int, token_dim: int, task_type: str, *,
     }
 
 
-def export_peft(prompt, out_dir: str, task_type: str, **config_kw) -> str:
-    """Writes prompt [L, D] as a PEFT prompt-tuning adapter into `out_dir`.
+def backbone_facts(spec: str | None) -> dict:
+    """What a backbone spec says about the model, read without loading weights:
+    {"num_layers", "num_attention_heads", "base_model_name_or_path",
+    "quantization"} (each None when unknown; quantization is the GGUF weight
+    types that are quantized, e.g. "Q4_1", or None for full precision)."""
+    facts = dict(num_layers=None, num_attention_heads=None, base_model_name_or_path=None,
+                 quantization=None)
+    if not isinstance(spec, str) or ":" not in spec:
+        return facts
+    kind, _, rest = spec.partition(":")
+    preset = rest.partition(":")[0] if kind == "t5x" else rest if kind == "preset" else None
+    if preset is not None:
+        fam = backbones.all_presets().get(preset)
+        if fam:
+            cfg = backbones._family(fam).PRESETS[preset]
+            facts.update(num_layers=getattr(cfg, "num_layers", None),
+                         num_attention_heads=getattr(cfg, "num_heads", None))
+    elif kind == "hf":
+        facts["base_model_name_or_path"] = rest  # PEFT reads an HF id or a local directory
+        try:
+            with open(os.path.join(rest, "config.json")) as f:
+                cfg = json.load(f)
+        except (OSError, ValueError):
+            cfg = {}
+        facts.update(num_layers=cfg.get("num_hidden_layers", cfg.get("num_layers")),
+                     num_attention_heads=cfg.get("num_attention_heads", cfg.get("num_heads")))
+    elif kind == "gguf":
+        try:
+            ckpt = gguf_ckpt.GGUFCheckpoint(backbones.resolve_backbone_spec(spec).partition(":")[2])
+        except CheckpointError as e:  # the model file is gone: export without its facts
+            log.warning("cannot read the backbone's GGUF file (%s); the adapter's num_layers, "
+                        "num_attention_heads and quantization note are left out.", e)
+            return facts
+        facts.update(num_layers=ckpt.field("llama.block_count"),
+                     num_attention_heads=ckpt.field("llama.attention.head_count"))
+        quantized = sorted({ckpt.tensor_type(k) for k in ckpt.keys()} - _FULL_PRECISION_GGML)
+        facts["quantization"] = ",".join(quantized) or None
+    return facts
 
-    `config_kw` are `peft_config`'s keyword arguments. Returns out_dir.
+
+def model_card(config: dict, *, source: dict | None = None, quantization: str | None = None) -> str:
+    """README.md for an exported adapter: PEFT's front matter, then what it is."""
+    source = source or {}
+    base = config.get("base_model_name_or_path")
+    lines = ["---"] + ([f"base_model: {base}"] if base else []) + [
+        "library_name: peft", "tags:", "- prompt-tuning", "- ptransfer", "---", "",
+        f"# Soft prompt{(' for ' + source['task']) if source.get('task') else ''}", "",
+        f"A PEFT prompt-tuning adapter ({config['num_virtual_tokens']} virtual tokens of width "
+        f"{config['token_dim']}, task type {config['task_type']}) exported by ptransfer.", ""]
+    for key, label in (("backbone", "Trained on backbone"), ("backbone_spec", "Backbone spec"),
+                       ("task", "Task"), ("run", "Run"), ("best_score", "Best validation score")):
+        if source.get(key) is not None:
+            lines.append(f"- {label}: `{source[key]}`")
+    if quantization:
+        lines += ["", f"**Warning:** this prompt was trained on quantized weights ({quantization}, "
+                  "GGUF). Used with the full-precision model it may score lower than it did in "
+                  "training; evaluate it there before relying on it."]
+    lines += ["", "Load it with:", "", "```python",
+              "from peft import PeftModel",
+              f"model = PeftModel.from_pretrained(base_model, {'<this directory>'!r})", "```", ""]
+    return "\n".join(lines)
+
+
+def export_peft(prompt, out_dir: str, task_type: str, *, source: dict | None = None,
+                quantization: str | None = None, **config_kw) -> str:
+    """Writes prompt [L, D] as a PEFT prompt-tuning adapter into `out_dir`:
+    weights, adapter_config.json and a README.md model card, each mode 0644.
+
+    `config_kw` are `peft_config`'s keyword arguments; `source` (bank entry
+    meta: backbone, task, run, ...) goes into the card; `quantization` (from
+    `backbone_facts`) marks a prompt trained on quantized weights: a warning
+    is logged and written into the card. Returns out_dir.
     """
     from safetensors.numpy import save
 
@@ -96,11 +179,17 @@ def export_peft(prompt, out_dir: str, task_type: str, **config_kw) -> str:
     config = peft_config(arr.shape[0], arr.shape[1], task_type, **config_kw)
     rows = np.zeros((arr.shape[0] * config["num_transformer_submodules"], arr.shape[1]), np.float32)
     rows[:arr.shape[0]] = arr
+    if quantization:
+        log.warning("the prompt exported to %s was trained on quantized weights (%s, GGUF); with the "
+                    "full-precision model it may score lower: evaluate it there.", out_dir, quantization)
     os.makedirs(out_dir, exist_ok=True)
-    fileio.atomic_write(os.path.join(out_dir, WEIGHTS_FILE),
-                  save({PROMPT_KEY: rows}, metadata={"format": "pt"}))
-    fileio.atomic_write(os.path.join(out_dir, CONFIG_FILE),
-                  (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    files = {WEIGHTS_FILE: save({PROMPT_KEY: rows}, metadata={"format": "pt"}),
+             CONFIG_FILE: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
+             CARD_FILE: model_card(config, source=source, quantization=quantization).encode()}
+    for name, data in files.items():
+        path = os.path.join(out_dir, name)
+        fileio.atomic_write(path, data)
+        os.chmod(path, FILE_MODE)  # shared adapters: readable by all, whatever the umask
     return out_dir
 
 

@@ -132,12 +132,15 @@ def run_export(args) -> int:
         print(f"wrote {args.out}: float32 {list(prompt.shape)}")
         return 0
     spec = meta.get("backbone_spec") or (meta.get("provenance") or {}).get("backbone_spec") or ""
-    # PEFT reads base_model_name_or_path as an HF id or directory: only hf:<dir> specs are one.
-    base_model = args.base_model or (spec[3:] if spec.startswith("hf:") else None)
+    facts = peft_format.backbone_facts(spec)
+    source = {k: meta.get(k) for k in ("backbone", "task", "run", "best_score")}
+    source["backbone_spec"] = spec or None
     peft_format.export_peft(
         prompt, args.out, peft_format.task_type_for(meta, args.task_type),
-        base_model_name_or_path=base_model,
-        num_layers=meta.get("num_layers"), num_attention_heads=meta.get("num_heads"))
+        base_model_name_or_path=args.base_model or facts["base_model_name_or_path"],
+        num_layers=meta.get("num_layers") or facts["num_layers"],
+        num_attention_heads=meta.get("num_heads") or facts["num_attention_heads"],
+        source=source, quantization=facts["quantization"])
     print(f"wrote PEFT prompt-tuning adapter {args.out} from {entry.ref}")
     return 0
 
