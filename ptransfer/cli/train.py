@@ -72,10 +72,11 @@ def _run_train(args) -> int:
     distributed.maybe_initialize_distributed()
     distributed.hide_accelerators_from_tensorflow()
     config = trainer.build_train_config()
-    run = trainer.Trainer(config)
-    gin_setup.write_operative_config(config.model_dir)  # the configurables called so far
-    result = run.run()
-    gin_setup.write_operative_config(config.model_dir)  # complete: everything the run called
+    # config.gin once every check passed (a failed start leaves no MODEL_DIR), then
+    # again at the end, complete with what the run itself configured
+    result = trainer.Trainer(config, on_start=gin_setup.write_operative_config).run()
+    if distributed.is_primary_host():  # complete: everything the run called
+        gin_setup.write_operative_config(config.model_dir)
     summary = {"model_dir": config.model_dir, "steps": result.steps, "metric": result.metric,
                "best_score": result.best_score, "best_step": result.best_step,
                "bank_entry": result.bank_entry, "wall_time_s": round(result.wall_time_s, 2)}

@@ -78,6 +78,7 @@ from ptransfer.training.optimizer import (
     OptimizerConfig,
     adam_moments,
     compile_key,
+    learning_rate_schedule,
     make_optimizer,
     with_adam_moments,
 )
@@ -340,9 +341,12 @@ class Trainer:
     """Runs one `TrainConfig`. `backbone` may be given (already loaded) to share it
     between runs in one process; otherwise it is loaded from `config.backbone`."""
 
-    def __init__(self, config: TrainConfig, *, backbone=None):
+    def __init__(self, config: TrainConfig, *, backbone=None, on_start=None):
+        """`on_start(model_dir)` runs once every check has passed, when the model
+        dir is about to hold this run (the CLI writes config.gin there)."""
         self.cfg = config.validate()
         self._backbone = backbone
+        self._on_start = on_start
 
     # -- setup ----------------------------------------------------------------
 
@@ -474,6 +478,8 @@ class Trainer:
         writer_on = _primary()
         if writer_on:  # everything checked: this model dir now holds this run
             checkpointing.check_run_identity(model_dir, identity, write=True)
+            if self._on_start is not None:
+                self._on_start(model_dir)
         curve = metric_writers.JsonlCurve(fileio.join(model_dir, "metrics.jsonl"),
                                           resume_step=step) if writer_on else None
         tb = metric_writers.TensorBoard(fileio.join(model_dir, "tb"), resume_step=step) \
@@ -525,6 +531,8 @@ class Trainer:
         eval_before_loop = eval_seconds
         t_loop, step_loop = time.perf_counter(), step
         loss_value = None
+        schedule = learning_rate_schedule(cfg.optimizer)
+        t_log, step_log, eval_log = t_loop, step, eval_seconds  # window of the last log line
         try:
             while step < cfg.train_steps:
                 local = next_batch()
@@ -537,7 +545,15 @@ class Trainer:
                     raise NonFiniteLossError(_nonfinite_message(loss_value, step, ckpt))
                 progress.update(step, loss_value)
                 if writer_on and cfg.log_every and step % cfg.log_every == 0:
-                    tb.scalars("train", step, {"loss": loss_value})
+                    # T5X's names; the timing window leaves evaluation time out
+                    now = time.perf_counter()
+                    window = max(now - t_log - (eval_seconds - eval_log), 1e-9)
+                    steps_per_s = (step - step_log) / window
+                    tb.scalars("train", step, {
+                        "loss": loss_value, "learning_rate": float(schedule(step - 1)),
+                        "timing/steps_per_second": steps_per_s,
+                        "timing/examples_per_second": steps_per_s * cfg.batch_size})
+                    t_log, step_log, eval_log = now, step, eval_seconds
                 score, improved = None, False
                 if (cfg.eval_every and step % cfg.eval_every == 0) or \
                         (step == cfg.train_steps and cfg.eval_every):
