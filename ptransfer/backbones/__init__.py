@@ -1,11 +1,11 @@
 """Frozen backbones: T5 (v1.0 / v1.1 / LM-adapted), LLaMA-family decoder-only,
-BERT / RoBERTa masked LMs; their presets and `load_backbone(spec)`.
+Gemma 3, BERT / RoBERTa masked LMs; their presets and `load_backbone(spec)`.
 
 Spec forms:
   preset:<name>                  random init of a named shape (tests, benchmarks)
   hf:<dir>                       HF safetensors + config.json (sharded index too)
   t5x:<preset>:<checkpoint_dir>  a T5X checkpoint with the preset's shapes
-  gguf:<file>                    a GGUF file (LLaMA architecture)
+  gguf:<file>                    a GGUF file (`general.architecture` llama or gemma3)
 
 `{cache}` in a spec stands for the offline asset cache (`ptransfer assets fetch`).
 """
@@ -18,6 +18,7 @@ import json
 import os
 
 from ptransfer.backbones.layers import check_remat
+from ptransfer.checkpoints.gguf import architecture_of
 from ptransfer.core import assets
 from ptransfer.core.errors import CheckpointError, ConfigError, close_matches_hint
 
@@ -27,7 +28,11 @@ FAMILY_MODULES = {
     "t5": "ptransfer.backbones.t5",
     "llama": "ptransfer.backbones.llama",
     "mlm": "ptransfer.backbones.mlm",
+    "gemma3": "ptransfer.backbones.gemma3",
 }
+
+# GGUF `general.architecture` -> family (each module defines from_gguf).
+GGUF_ARCHITECTURES = {"llama": "llama", "gemma3": "gemma3"}
 
 
 def _family(name: str):
@@ -119,7 +124,10 @@ def family_of_spec(spec) -> str | None:
         return None
     kind, _, rest = spec.partition(":")
     if kind == "gguf":
-        return "llama"
+        try:
+            return GGUF_ARCHITECTURES.get(architecture_of(rest.replace("{cache}", assets.cache_dir())))
+        except CheckpointError:  # the file is not here: every GGUF family read is decoder-only
+            return "llama"
     if kind == "t5x":
         return "t5"
     if kind == "preset":
@@ -189,5 +197,9 @@ def _load(spec: str, *, dtype, mesh, seed: int):
                               "e.g. t5x:t5_1_1_base:/ckpts/checkpoint_1000000.")
         return _family("t5").from_t5x(ckpt, preset, **kw)
     if kind == "gguf":
-        return _family("llama").from_gguf(rest, **kw)
+        arch = architecture_of(rest)
+        if arch not in GGUF_ARCHITECTURES:
+            raise CheckpointError(f"{rest}: GGUF architecture {arch!r} is not supported; supported: "
+                                  f"{', '.join(GGUF_ARCHITECTURES)}.")
+        return _family(GGUF_ARCHITECTURES[arch]).from_gguf(rest, **kw)
     raise ConfigError(f"backbone spec {spec!r}: unknown form {kind!r}; use preset:, hf:, t5x: or gguf:.")

@@ -72,14 +72,18 @@ def param_with_axes(module: nn.Module, name: str, init, shape: Sequence[int],
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * scale, computed in float32 (T5 and LLaMA). [..., D] -> [..., D]."""
+    """x / rms(x) * scale, computed in float32 (T5, LLaMA, Gemma). [..., D] -> [..., D].
+
+    `axes` names the scale's one dimension (Gemma's per-head q/k norms: 'kv').
+    """
 
     epsilon: float = 1e-6
     dtype: jnp.dtype = jnp.float32
+    axes: tuple[str | None] = ("embed",)
 
     @nn.compact
     def __call__(self, x):
-        scale = param_with_axes(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
+        scale = param_with_axes(self, "scale", nn.initializers.ones, (x.shape[-1],), self.axes)
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
         return (x32 * scale.astype(jnp.float32)).astype(self.dtype)

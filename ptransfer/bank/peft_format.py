@@ -53,7 +53,7 @@ PEFT_TYPE = "PROMPT_TUNING"
 TASK_TYPES = ("SEQ_2_SEQ_LM", "CAUSAL_LM", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS",
               "FEATURE_EXTRACTION")
 # Backbone family -> the PEFT task type its prompts are used with.
-FAMILY_TASK_TYPES = {"t5": "SEQ_2_SEQ_LM", "llama": "CAUSAL_LM"}
+FAMILY_TASK_TYPES = {"t5": "SEQ_2_SEQ_LM", "llama": "CAUSAL_LM", "gemma3": "CAUSAL_LM"}
 # The peft release whose format this mirrors (written as peft_version).
 PEFT_VERSION = "0.21.2"
 

@@ -1,5 +1,8 @@
 """GGUF files (llama.cpp's format): metadata, dequantized tensors, LLaMA names.
 
+`architecture_of(path)` reads only the header up to `general.architecture`,
+so a loader can pick the model family without parsing the whole file.
+
 The file is memory-mapped by `gguf.GGUFReader`; tensors are dequantized one
 at a time to float32 with the `gguf` package's numpy kernels, so loading holds
 one dequantized tensor beyond what the caller keeps.
@@ -18,6 +21,7 @@ through the same (HF-convention) RoPE as every other LLaMA checkpoint.
 from __future__ import annotations
 
 import os
+import struct
 from typing import Iterator
 
 import numpy as np
@@ -26,7 +30,8 @@ from ptransfer.core.errors import CheckpointError
 
 # Types dequantized by gguf.quants (numpy). The first group has gguf quantizers
 # too and is covered by ptransfer's round-trip test; K-quants are dequantized by
-# the same package (llama.cpp's reference layout).
+# the same package (llama.cpp's reference layout); Q4_K and Q6_K are checked
+# against transformers' own dequantization of the Gemma 3 file.
 TESTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 SUPPORTED_TYPES = TESTED_TYPES + ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
@@ -126,6 +131,60 @@ class GGUFCheckpoint:
         shape = tuple(int(d) for d in reversed(t.shape))
         array = quants.dequantize(np.asarray(t.data), t.tensor_type)
         return np.asarray(array, np.float32).reshape(shape)
+
+
+# GGUF metadata value types -> struct format of a scalar (8 = string, 9 = array).
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def architecture_of(path: str) -> str:
+    """`general.architecture` of a GGUF file, read from its header only.
+
+    Raises CheckpointError if the file is missing, is not GGUF or has no
+    such key.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"GGUF file {path!r} does not exist. For the demo models run "
+                              "`ptransfer assets fetch` first.")
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ValueError("no GGUF magic")
+            version, _, kv_count = struct.unpack("<IQQ", f.read(20))
+            if version < 2:
+                raise ValueError(f"GGUF version {version} is too old")
+            for _ in range(kv_count):
+                key = _read_string(f)
+                kind = struct.unpack("<I", f.read(4))[0]
+                if key == "general.architecture" and kind == 8:
+                    return _read_string(f)
+                _skip_value(f, kind)
+    except (ValueError, struct.error, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not a readable GGUF file ({e}).") from None
+    raise CheckpointError(f"{path}: metadata key 'general.architecture' is missing; the file is not "
+                          "a complete llama.cpp model.")
+
+
+def _read_string(f) -> str:
+    (n,) = struct.unpack("<Q", f.read(8))
+    return f.read(n).decode("utf-8")
+
+
+def _skip_value(f, kind: int) -> None:
+    if kind in _SCALARS:
+        f.seek(struct.calcsize("<" + _SCALARS[kind]), 1)
+    elif kind == 8:
+        (n,) = struct.unpack("<Q", f.read(8))
+        f.seek(n, 1)
+    elif kind == 9:
+        item, count = struct.unpack("<IQ", f.read(12))
+        if item in _SCALARS:
+            f.seek(count * struct.calcsize("<" + _SCALARS[item]), 1)
+        else:
+            for _ in range(count):
+                _skip_value(f, item)
+    else:
+        raise ValueError(f"unknown metadata value type {kind}")
 
 
 def unpermute_rope_rows(w: np.ndarray, num_heads: int) -> np.ndarray:

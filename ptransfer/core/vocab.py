@@ -3,7 +3,8 @@
 seqio tasks, feature converters and metrics only see a `seqio.Vocabulary`, so
 every backbone family exposes one: T5 a SentencePieceVocabulary, decoder-only
 models a `TokenizersVocabulary` built from an HF `tokenizer.json` or from the
-tokenizer stored in a GGUF file's metadata.
+tokenizer stored in a GGUF file's metadata (byte-level BPE with merges, or a
+SentencePiece-style BPE vocabulary of pieces, scores and token types).
 
 seqio conventions kept here: `encode` adds neither BOS nor EOS (tasks append
 EOS themselves where they want it), id 0 is padding (`decode` drops trailing
@@ -22,7 +23,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 import tokenizers
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 
 from ptransfer.core.errors import CheckpointError, ConfigError
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 # GGUF token types (llama.cpp's llama_token_type).
 TOKEN_TYPE_CONTROL = 3
 TOKEN_TYPE_USER_DEFINED = 4
+SPACE = "\u2581"  # SentencePiece's visible space
 
 # llama.cpp pre-tokenizer names whose split is "each digit alone, then GPT-2's
 # regex" (llama.cpp's STARCODER group; SmolLM2's own tokenizer.json is
@@ -83,10 +85,15 @@ class TokenizersVocabulary(seqio.Vocabulary):
     def from_gguf_metadata(cls, meta: Mapping[str, object], name: str = "") -> "TokenizersVocabulary":
         """From a GGUF file's `tokenizer.ggml.*` metadata (plain Python values).
 
-        Only byte-level BPE (`tokenizer.ggml.model == "gpt2"`) is supported,
-        which covers LLaMA-3, SmolLM, Qwen-style files.
+        Byte-level BPE (`tokenizer.ggml.model == "gpt2"`: LLaMA-3, SmolLM,
+        Qwen-style files) and SentencePiece-style BPE (`"llama"`: Gemma,
+        LLaMA-2-style files).
         """
-        tok = gguf_bpe_tokenizer(meta, name=name)
+        model = meta.get("tokenizer.ggml.model")
+        if model == "llama":
+            tok = gguf_sentencepiece_tokenizer(meta, name=name)
+        else:
+            tok = gguf_bpe_tokenizer(meta, name=name)
         get = lambda k: None if meta.get(k) is None else int(meta[k])  # noqa: E731
         return cls(tok, eos_id=get("tokenizer.ggml.eos_token_id"),
                    bos_id=get("tokenizer.ggml.bos_token_id"),
@@ -190,7 +197,8 @@ def gguf_bpe_tokenizer(meta: Mapping[str, object], name: str = "") -> tokenizers
     model = meta.get("tokenizer.ggml.model")
     if model != "gpt2":
         raise CheckpointError(
-            f"{where}: tokenizer type {model!r} is not supported (only byte-level BPE, 'gpt2'). "
+            f"{where}: tokenizer type {model!r} is not supported (byte-level BPE 'gpt2' or "
+            "SentencePiece-style 'llama'). "
             "Load the model from an HF directory with tokenizer.json instead (hf:<dir>).")
     tokens = list(meta.get("tokenizer.ggml.tokens") or [])
     merges = list(meta.get("tokenizer.ggml.merges") or [])
@@ -215,6 +223,64 @@ def gguf_bpe_tokenizer(meta: Mapping[str, object], name: str = "") -> tokenizers
         raise CheckpointError(f"{where}: the tokenizer metadata is inconsistent (special tokens "
                               "outside tokenizer.ggml.tokens).")
     return tok
+
+
+def gguf_sentencepiece_tokenizer(meta: Mapping[str, object], name: str = "") -> tokenizers.Tokenizer:
+    """SentencePiece-style BPE from `tokenizer.ggml.{tokens,scores,token_type}` (model 'llama').
+
+    Spaces become "\u2581" (no space is prepended unless
+    `tokenizer.ggml.add_space_prefix`); text no piece covers falls back to the
+    `<0xNN>` byte pieces; control pieces are special tokens and user-defined
+    ones (Gemma's newline runs, HTML tags) are matched whole.
+
+    The file stores no merges, so they are derived: every split of a piece
+    into two pieces is a merge, ranked by the merged piece's position in the
+    file (ties: the longer left part first). For normal pieces the file
+    order is the score order (SentencePiece's own merge priority); llama.cpp
+    writes user-defined pieces with score -1000 but they are merged first,
+    as the file order says. Runs of spaces, stored as spaces, are read as
+    runs of "\u2581" (the spelling the normalized text has).
+    """
+    where = name or "GGUF file"
+    tokens = list(meta.get("tokenizer.ggml.tokens") or [])
+    types = list(meta.get("tokenizer.ggml.token_type") or [])
+    if not tokens or len(types) != len(tokens):
+        raise CheckpointError(f"{where}: tokenizer.ggml.tokens / token_type are missing or of "
+                              "different lengths; the file carries no usable tokenizer.")
+    pieces = [SPACE * len(t) if t and not t.strip(" ") else t for t in tokens]
+    vocab = {}
+    for i, piece in enumerate(pieces):
+        vocab.setdefault(piece, i)
+    unk_id = meta.get("tokenizer.ggml.unknown_token_id")
+    unk = pieces[int(unk_id)] if unk_id is not None else None
+    tok = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=_merges_from_pieces(pieces, vocab),
+                                          unk_token=unk, fuse_unk=True, byte_fallback=True))
+    norm = [normalizers.Replace(" ", SPACE)]
+    if meta.get("tokenizer.ggml.add_space_prefix"):
+        norm.insert(0, normalizers.Prepend(SPACE))
+    tok.normalizer = normalizers.Sequence(norm)
+    tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(),
+                                     decoders.Fuse()])
+    special = [AddedToken(t, special=True, normalized=False)
+               for t, ty in zip(pieces, types) if ty == TOKEN_TYPE_CONTROL]
+    user = [AddedToken(t, special=False, normalized=False)
+            for t, raw, ty in zip(pieces, tokens, types) if ty == TOKEN_TYPE_USER_DEFINED and t == raw]
+    if special:
+        tok.add_special_tokens(special)
+    if user:
+        tok.add_tokens(user)
+    if tok.get_vocab_size(with_added_tokens=True) != len(tokens):
+        raise CheckpointError(f"{where}: the tokenizer metadata is inconsistent (repeated pieces).")
+    return tok
+
+
+def _merges_from_pieces(pieces: Sequence[str], vocab: Mapping[str, int]) -> list[tuple[str, str]]:
+    """(left, right) for every piece = left + right with both halves pieces, in file order."""
+    merges = []
+    for piece in pieces:
+        merges.extend((piece[:k], piece[k:]) for k in range(len(piece) - 1, 0, -1)
+                      if piece[:k] in vocab and piece[k:] in vocab)
+    return merges
 
 
 def _pre_tokenizer(pre: str, where: str):
