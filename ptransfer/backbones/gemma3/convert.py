@@ -117,11 +117,16 @@ def config_from_gguf(ckpt: GGUFCheckpoint) -> Gemma3Config:
         d_ff=int(ckpt.require(key("feed_forward_length"))),
         query_pre_attn_scalar=float(head_dim),  # llama.cpp's gemma3 graph scales by key_length ** -0.5
         sliding_window=int(ckpt.field(key("attention.sliding_window"), 512)),
-        rope_theta=float(ckpt.field(key("rope.freq_base"), 1_000_000.0)),
-        norm_eps=float(ckpt.field(key("attention.layer_norm_rms_epsilon"), 1e-6)),
+        rope_theta=_f32(ckpt.field(key("rope.freq_base"), 1_000_000.0)),
+        norm_eps=_f32(ckpt.field(key("attention.layer_norm_rms_epsilon"), 1e-6)),
         bos_id=int(bos) if bos is not None and add_bos else None,
     )
     return config.validate(ckpt.path)
+
+
+def _f32(value) -> float:
+    """A float32 metadata value as its shortest decimal (1e-06, not 9.99999997e-07)."""
+    return float(np.format_float_positional(np.float32(value), unique=True, trim="-"))
 
 
 def gguf_tensors(ckpt: GGUFCheckpoint) -> Iterator[tuple[str, np.ndarray]]:
