@@ -20,9 +20,9 @@ class Gemma3Config:
     `rope_local_theta`. Attention logits are scaled by
     `query_pre_attn_scalar` ** -0.5 (not head_dim ** -0.5).
 
-    `bos_id`: the token the model always sees first (Gemma is trained with
-    it); the backbone puts it before the prompt, so callers never add it.
-    None: no BOS.
+    `bos_id`: the token Gemma always sees before its text (it is trained
+    with it); the backbone adds it between the soft prompt and the inputs,
+    so callers never add it. None: no BOS.
 
     `dtype` is the compute dtype; norms, softmax and logits stay float32.
     `remat`: per-layer rematerialization (see `layers.REMAT_POLICIES`).

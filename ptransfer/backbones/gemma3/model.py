@@ -24,12 +24,13 @@ Parameter tree (T5X-like names, kernels [in, out]):
 Every norm scale is the multiplier itself: HF stores w and multiplies by
 (1 + w), llama.cpp's GGUF stores 1 + w; ptransfer keeps the GGUF form.
 
-Sequence layout of every forward pass: [BOS; prompt; inputs (left-padded);
-targets (right-padded)]. BOS is added here, before the soft prompt (so the
-prompt, like the text, comes after the token Gemma always sees first); no
-output covers the BOS position. Positions are cumsum(mask) - 1 and padded
-keys are masked, so padding changes nothing for real tokens; the sliding
-window is measured in those positions.
+Sequence layout of every forward pass: [prompt; BOS; inputs (left-padded);
+targets (right-padded)]. The BOS is added here, so callers never add it; it
+sits where HF PEFT puts it (virtual tokens first, then the tokenizer's
+`<bos>` text), so a prompt exported in PEFT's format means the same thing on
+both sides. No output covers the BOS position. Positions are cumsum(mask) - 1
+and padded keys are masked, so padding (between BOS and the inputs) changes
+nothing for real tokens; the sliding window is measured in those positions.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from ptransfer.backbones import layers
-from ptransfer.backbones.base import Backbone, batched_prompt
+from ptransfer.backbones.base import Backbone, batched_prompt, prompt_length
 from ptransfer.backbones.gemma3.config import Gemma3Config
 from ptransfer.backbones.llama import apply_rope, positions_from_mask, zero_after_eos
 from ptransfer.core.errors import ConfigError
@@ -190,24 +191,27 @@ def _head(config, params, h):
     return _apply(config, params, h, method=Gemma3Model.head)
 
 
-def _lead(config) -> int:
-    """Positions before the prompt (the BOS)."""
-    return 0 if config.bos_id is None else 1
+def _without_bos(config, x, prompt):
+    """[B, P + 1 + L, ...] -> [B, P + L, ...]: drops the BOS position (none without BOS)."""
+    if config.bos_id is None:
+        return x
+    p = prompt_length(prompt)
+    return jnp.concatenate([x[:, :p], x[:, p + 1:]], axis=1)
 
 
 def _prefix(config, params, prompt, inputs, inputs_mask):
-    """[BOS; prompt; embedded inputs] [B, 1 + P + Li, D] and its mask."""
+    """[prompt; BOS; embedded inputs] [B, P + 1 + Li, D] and its mask."""
     b = inputs.shape[0]
     x = _embed(config, params, inputs)
     mask = inputs_mask.astype(jnp.int32)
-    p = batched_prompt(prompt, b, x.dtype)
-    if p is not None:
-        x = jnp.concatenate([p, x], axis=1)
-        mask = jnp.concatenate([jnp.ones(p.shape[:2], jnp.int32), mask], axis=1)
     if config.bos_id is not None:
         bos = _embed(config, params, jnp.full((b, 1), config.bos_id, jnp.int32))
         x = jnp.concatenate([bos, x], axis=1)
         mask = jnp.concatenate([jnp.ones((b, 1), jnp.int32), mask], axis=1)
+    p = batched_prompt(prompt, b, x.dtype)
+    if p is not None:
+        x = jnp.concatenate([p, x], axis=1)
+        mask = jnp.concatenate([jnp.ones(p.shape[:2], jnp.int32), mask], axis=1)
     return x, mask
 
 
@@ -298,7 +302,7 @@ def _ffn_activations(config, params, prompt, inputs, inputs_mask):
     _, state = _decode(config, params, x, mask, mutable=["intermediates"])
     inter = state["intermediates"]
     acts = [inter[f"layers_{i}"]["mlp"]["activations"][0] for i in range(config.num_layers)]
-    return jnp.stack(acts)[:, :, _lead(config):].astype(jnp.float32)
+    return jnp.stack([_without_bos(config, a, prompt) for a in acts]).astype(jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -308,7 +312,7 @@ def _all_logits(config, params, prompt, inputs, targets):
         x = jnp.concatenate([x, _embed(config, params, targets)], axis=1)
         mask = jnp.concatenate([mask, jnp.ones(targets.shape, jnp.int32)], axis=1)
     h, _ = _decode(config, params, x, mask)
-    return _head(config, params, h[:, _lead(config):])
+    return _head(config, params, _without_bos(config, h, prompt))
 
 
 # ---- parameter shapes and axes ------------------------------------------------------
@@ -354,7 +358,7 @@ class Gemma3Backbone(Backbone):
 
     Decoder-only like the LLaMA family (prompt before the text, targets
     without EOS, inputs truncated from the left); BOS is added by the
-    backbone itself (see module docstring). `ffn_activations` covers every
+    backbone itself, after the prompt (see module docstring). `ffn_activations` covers every
     prompt + input position (S = P + Li), capturing gelu_tanh(gate) * up.
     """
 
