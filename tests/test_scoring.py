@@ -14,7 +14,7 @@ def data_dir(tmp_path_factory):
     return write_justice(str(tmp_path_factory.mktemp("data")))
 
 
-@pytest.fixture(params=["t5_tiny", "llama_tiny"])
+@pytest.fixture(params=["t5_tiny", "llama_tiny", "gemma3_tiny"])
 def setup(request, data_dir, monkeypatch):
     import tasks
     from ptransfer.data import default_truncation, load_task
