@@ -124,13 +124,28 @@ class GGUFCheckpoint:
         return self._tensors[name]
 
     def get(self, name: str) -> np.ndarray:
-        """Tensor `name` dequantized to float32, row-major [out, in] (1-D stays 1-D)."""
+        """Tensor `name` dequantized to float32, row-major [out, in] (1-D stays 1-D).
+
+        Quantized tensors are dequantized in blocks of rows into one float32
+        array, so the numpy kernels' temporaries stay a few MB even for a
+        262,144-row embedding.
+        """
         from gguf import quants
 
         t = self._tensor(name)
         shape = tuple(int(d) for d in reversed(t.shape))
-        array = quants.dequantize(np.asarray(t.data), t.tensor_type)
-        return np.asarray(array, np.float32).reshape(shape)
+        data = np.asarray(t.data)
+        if data.ndim != 2 or data.shape[0] <= _ROWS_PER_BLOCK:
+            array = quants.dequantize(data, t.tensor_type)
+            return np.asarray(array, np.float32).reshape(shape)
+        out = np.empty((data.shape[0], int(np.prod(shape)) // data.shape[0]), np.float32)
+        for start in range(0, data.shape[0], _ROWS_PER_BLOCK):
+            stop = min(start + _ROWS_PER_BLOCK, data.shape[0])
+            out[start:stop] = quants.dequantize(data[start:stop], t.tensor_type)
+        return out.reshape(shape)
+
+
+_ROWS_PER_BLOCK = 4096
 
 
 # GGUF metadata value types -> struct format of a scalar (8 = string, 9 = array).
