@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from ptransfer import assets
+from ptransfer.core import assets
 from ptransfer.backbones import configure_backbone, gemma3, load_backbone
 from ptransfer.backbones.gemma3 import convert
 from ptransfer.checkpoints.gguf import architecture_of
 from ptransfer.checkpoints.tree import flatten
-from ptransfer.errors import CheckpointError, ConfigError
-from ptransfer.vocab import TokenizersVocabulary
+from ptransfer.core.errors import CheckpointError, ConfigError
+from ptransfer.core.vocab import TokenizersVocabulary
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "gemma3")
 TINY_DIR = os.path.join(FIXTURES, "tiny")

@@ -5,7 +5,7 @@
   convert.py  GGUF files and HF Gemma3ForCausalLM directories -> params
 
 The vocabulary of a GGUF file is built from its metadata
-(`ptransfer.vocab.TokenizersVocabulary.from_gguf_metadata`).
+(`ptransfer.core.vocab.TokenizersVocabulary.from_gguf_metadata`).
 """
 
 from __future__ import annotations
