@@ -126,8 +126,9 @@ def backbone_facts(spec: str | None) -> dict:
             log.warning("cannot read the backbone's GGUF file (%s); the adapter's num_layers, "
                         "num_attention_heads and quantization note are left out.", e)
             return facts
-        facts.update(num_layers=ckpt.field("llama.block_count"),
-                     num_attention_heads=ckpt.field("llama.attention.head_count"))
+        arch = ckpt.architecture  # the metadata prefix: llama.*, gemma3.*
+        facts.update(num_layers=ckpt.field(f"{arch}.block_count"),
+                     num_attention_heads=ckpt.field(f"{arch}.attention.head_count"))
         quantized = sorted({ckpt.tensor_type(k) for k in ckpt.keys()} - _FULL_PRECISION_GGML)
         facts["quantization"] = ",".join(quantized) or None
     return facts
