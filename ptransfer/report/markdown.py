@@ -211,11 +211,15 @@ def write_report(results_dir: str, out_path: str | None = None) -> str:
 
     if tpt:
         md += ["## Transfer as initialization", "",
+               "TPT reaches PT's best when it scores within one standard error of it (the "
+               "binomial SE on the evaluation subset, else the spread over seeds); the "
+               "exact-match speedup (TPT ≥ PT's best) is shown beside it.", "",
                _table(["source → target", "seeds", "head start at step 0", "conv. speedup",
-                       "comparable speedup", "PT best", "TPT best"],
+                       "comparable speedup", "comparable (exact)", "PT best", "TPT best"],
                       [[f"{p['source']} → {p['target']}", len(p["pt"]["curves"]),
                         p.get("head_start"), p.get("mean_convergence_speedup"),
-                        p.get("mean_comparable_speedup"), p.get("pt_best"), p.get("tpt_best")]
+                        p.get("mean_comparable_speedup"), p.get("mean_comparable_speedup_exact"),
+                        p.get("pt_best"), p.get("tpt_best")]
                        for p in tpt["pairs"]]), ""]
         for p in tpt["pairs"]:
             name = f"curves_{p['source']}_to_{p['target']}.png"
