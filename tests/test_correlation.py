@@ -101,3 +101,84 @@ def test_spearman_with_ties_is_pearson_of_average_ranks():
     got = corr.spearman(x, y)
     assert got.n == 8 and abs(got.rho - want) < 1e-12
     assert abs(got.pvalue - stats.spearmanr(x, y).pvalue) < 1e-12
+
+
+# ---- per-target headline with bootstrap intervals ---------------------------------
+
+TASKS4 = ["A", "B", "C", "D"]
+
+
+def _hand_case():
+    """[S, T] matrices (rows sources, columns targets); the diagonal would change every
+    rho if it were not excluded."""
+    ind = np.full((4, 4), 99.0)
+    tr = np.full((4, 4), 0.55)
+    ind[[1, 2, 3], 0], tr[[1, 2, 3], 0] = [0.1, 0.2, 0.3], [0.5, 0.7, 0.6]  # rho 0.5
+    ind[[0, 2, 3], 1], tr[[0, 2, 3], 1] = [0.3, 0.2, 0.1], [0.1, 0.2, 0.3]  # rho -1
+    ind[[0, 1, 3], 2], tr[[0, 1, 3], 2] = [0.4, 0.4, 0.4], [0.1, 0.3, 0.2]  # ties: dropped
+    ind[[0, 1, 2], 3], tr[[0, 1, 2], 3] = [1.0, 2.0, 3.0], [1.0, 2.0, 3.0]  # rho 1
+    return ind, tr
+
+
+def test_per_target_spearman_hand_computed():
+    ind, tr = _hand_case()
+    s = corr.spearman_summary(ind, tr, TASKS4, TASKS4, name="E", resamples=200, seed=0)
+    # A: ranks (1,2,3) vs (1,3,2): 1 - 6 * (0 + 1 + 1) / (3 * (9 - 1)) = 0.5
+    assert s.per_target["A"] == pytest.approx(0.5)
+    assert s.per_target["B"] == pytest.approx(-1.0)
+    assert s.per_target["D"] == pytest.approx(1.0)
+    assert "C" not in s.per_target and s.dropped == {"C": "every source ties on the indicator"}
+    assert s.mean == pytest.approx((0.5 - 1.0 + 1.0) / 3)
+    off = corr.off_diagonal_mask(TASKS4, TASKS4)
+    assert s.pooled == pytest.approx(stats.spearmanr(ind[off], tr[off]).statistic)
+    j = s.to_json()
+    assert j["dropped_targets"] == {"C": "every source ties on the indicator"}
+    assert j["resampled"] == "pairs" and j["mean_per_target"] == pytest.approx(1 / 6)
+    lo, hi = j["pooled_ci"]
+    assert lo <= s.pooled <= hi
+    # seeded
+    again = corr.spearman_summary(ind, tr, TASKS4, TASKS4, name="E", resamples=200, seed=0)
+    assert again.to_json() == j
+
+
+def test_spearman_summary_drops_ties_on_transfer_and_too_few_sources():
+    ind, tr = _hand_case()
+    tr[[1, 2, 3], 0] = 0.5  # every source of A transfers equally
+    tr[0, 3] = np.nan  # D keeps 2 measured sources
+    s = corr.spearman_summary(ind, tr, TASKS4, TASKS4, resamples=50)
+    assert s.dropped["A"] == "every source ties on measured transfer"
+    assert s.dropped["D"].startswith("only 2 source(s)")
+    assert s.mean == pytest.approx(-1.0)
+
+
+def test_spearman_summary_resamples_examples_from_replicates():
+    ind, tr = _hand_case()
+    rng = np.random.default_rng(3)
+    reps = tr[None] + 0.05 * rng.normal(size=(400, 4, 4))
+    s = corr.spearman_summary(ind, tr, TASKS4, TASKS4, transfer_replicates=reps)
+    assert s.resampled == "examples" and s.resamples == 400
+    # replicate by replicate, the mean of per-target scipy rhos (C dropped)
+    want = [np.mean([stats.spearmanr(ind[[1, 2, 3], 0], r[[1, 2, 3], 0]).statistic,
+                     stats.spearmanr(ind[[0, 2, 3], 1], r[[0, 2, 3], 1]).statistic,
+                     stats.spearmanr(ind[[0, 1, 2], 3], r[[0, 1, 2], 3]).statistic])
+            for r in reps]
+    np.testing.assert_allclose(s.mean_ci, np.quantile(want, [0.025, 0.975]))
+    # replicates equal to the point estimate: every interval collapses onto it
+    flat = corr.spearman_summary(ind, tr, TASKS4, TASKS4,
+                                 transfer_replicates=np.broadcast_to(tr, (20, 4, 4)))
+    assert flat.mean_ci == pytest.approx((flat.mean, flat.mean))
+    assert flat.per_target_ci["A"] == pytest.approx((0.5, 0.5))
+    with pytest.raises(ConfigError, match="replicates"):
+        corr.spearman_summary(ind, tr, TASKS4, TASKS4, transfer_replicates=reps[:, :3])
+
+
+def test_spearman_rows_match_scipy_with_ties():
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 3, size=(30, 6)).astype(float)
+    y = rng.integers(0, 4, size=(30, 6)).astype(float)
+    got = corr.spearman_rows(x, y)
+    for row in range(30):
+        if np.ptp(x[row]) == 0 or np.ptp(y[row]) == 0:
+            assert math.isnan(got[row])
+        else:
+            assert got[row] == pytest.approx(stats.spearmanr(x[row], y[row]).statistic)

@@ -43,6 +43,21 @@ def test_every_artifact_is_produced(demo_out):
     pair = tpt["pairs"][0]
     assert (pair["source"], pair["target"]) == ("mr", "sms_spam")
     assert [p[0] for p in pair["pt"]["curves"]["0"]] == [0, 2, 4, 6]
+    # speedups: reached within one binomial SE of the 8-example eval, exact match beside it
+    assert pair["reach_tolerance"]["0"]["source"] == "binomial"
+    assert "mean_comparable_speedup_exact" in pair
+    # every matrix cell has its intervals; relative performance too
+    cell = cross["intervals"]["scores"]["mr"]["sms_spam"]
+    assert cell["accuracy_ci"][0] <= cell["accuracy"] <= cell["accuracy_ci"][1]
+    assert cross["intervals"]["relative"]["mr"]["mr"] == [1.0, 1.0]
+    ind = json.load(open(os.path.join(demo_out, "indicators.json")))
+    # ON on a gated FFN: the gate rule, the product rule reported beside it
+    assert ind["on_rule"] == "gate" and "ON_product" in ind["pairwise"]
+    # two tasks leave each target one source: no per-target rho, and the JSON says why
+    summary = ind["spearman"]["summary"]["ON"]
+    assert summary["resampled"] == "examples"
+    assert set(summary["dropped_targets"]) == {"mr", "sms_spam"}
+    assert "only 1 source(s)" in summary["dropped_targets"]["mr"]
 
 
 def test_report_is_drawn_from_the_json(demo_out):

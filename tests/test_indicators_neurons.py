@@ -109,7 +109,8 @@ class ToyBackbone(Backbone):
     def logits(self, *args, **kw):
         raise NotImplementedError
 
-    def ffn_activations(self, params, prompt, inputs, inputs_mask):
+    def ffn_activations(self, params, prompt, inputs, inputs_mask, rule=None):
+        self.ffn_rule(rule)
         x = self.embed(params, inputs) * inputs_mask[..., None]
         p = batched_prompt(prompt, inputs.shape[0], jnp.float32)
         x = jnp.concatenate([p, x], axis=1)
@@ -217,3 +218,31 @@ def test_capture_on_real_preset_reuses_one_compilation():
     assert masks.masks.shape[:2] == (3, bb.num_layers)
     acts = np.asarray(jax.jit(bb.ffn_activations)(bb.params, prompts[2], inputs, mask))
     np.testing.assert_array_equal(masks.masks[2], acts[:, :, -1:] > 0)
+
+
+@pytest.mark.skipif(_tiny_real_preset() is None, reason="no tiny llama preset available")
+def test_gated_ffn_rules_gate_by_default_product_as_option():
+    from ptransfer import load_backbone
+
+    bb = load_backbone(f"preset:{_tiny_real_preset()}")
+    inputs = np.array([[0, 5, 6, 7]], np.int32)
+    mask = np.array([[0, 1, 1, 1]], np.int32)
+    prompts = np.random.default_rng(1).normal(size=(2, 2, bb.d_model)).astype(np.float32) * 0.1
+    gate = neurons.capture_activation_masks(bb, bb.params, prompts, inputs, mask, positions="all")
+    product = neurons.capture_activation_masks(bb, bb.params, prompts, inputs, mask,
+                                               positions="all", rule="product")
+    assert gate.rule == "gate" and product.rule == "product"
+    params = bb.params
+    for k, p in enumerate(prompts):
+        g = np.asarray(bb.ffn_activations(params, p, inputs, mask, rule="gate"))
+        u = np.asarray(bb.ffn_activations(params, p, inputs, mask, rule="product"))
+        # padded input column 0 (after the 2 prompt columns) never counts
+        valid = np.array([True, True, False, True, True, True])[None, None, :, None]
+        np.testing.assert_array_equal(gate.masks[k], (g > 0) & valid)
+        np.testing.assert_array_equal(product.masks[k], (u > 0) & valid)
+    # the product also fires where gate and up are both negative: the rules differ
+    assert (gate.masks != product.masks).any()
+    with pytest.raises(ConfigError, match="rules 'gate' and 'product'"):
+        neurons.on_matrix(gate, product)
+    with pytest.raises(ConfigError, match="no FFN activation rule"):
+        neurons.ActivationCapture(bb, rule="output")

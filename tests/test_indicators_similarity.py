@@ -1,4 +1,5 @@
-"""E/C prompt similarities against plain-numpy loops written here."""
+"""E/C prompt similarities against plain-numpy loops written here from the formulas
+of DESIGN.md ("Transferability indicators"), and against hand-computed tiny cases."""
 
 import jax
 import numpy as np
@@ -19,12 +20,12 @@ def np_e_concat(p1, p2):
 
 
 def np_e_average(p1, p2):
+    """1 / (1 + mean over token pairs (i, j) of ||p1_i - p2_j||)."""
     total = 0.0
     for i in range(p1.shape[0]):
         for j in range(p2.shape[0]):
-            dist = np.sqrt(sum((float(a) - float(b)) ** 2 for a, b in zip(p1[i], p2[j])))
-            total += 1.0 / (1.0 + dist)
-    return total / (p1.shape[0] * p2.shape[0])
+            total += np.sqrt(sum((float(a) - float(b)) ** 2 for a, b in zip(p1[i], p2[j])))
+    return 1.0 / (1.0 + total / (p1.shape[0] * p2.shape[0]))
 
 
 def np_cos(u, v):
@@ -112,3 +113,22 @@ def test_bad_input(prompts):
         sim.similarity_matrix("E_cat", a)
     with pytest.raises(ConfigError, match=r"\[K, L, D\]"):
         sim.similarity_matrix("E_concat", a[0])
+
+
+def test_hand_computed_tiny_cases():
+    """Values worked out by hand; E_average averages the distances before 1/(1+.)."""
+    origin = np.zeros((1, 2), np.float32)
+    far_and_near = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)  # distances 5 and 0
+    # E_average = 1 / (1 + (5 + 0) / 2) = 1 / 3.5; the mean of 1/(1+d) would be 7/12
+    np.testing.assert_allclose(float(sim.e_average(origin, far_and_near)), 1 / 3.5, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(sim.e_average_matrix(origin[None], far_and_near[None])),
+                               [[1 / 3.5]], rtol=1e-6)
+    # E_concat = 1 / (1 + ||(0,0) - (3,4)||) = 1 / 6
+    np.testing.assert_allclose(float(sim.e_concat(origin, far_and_near[:1])), 1 / 6, rtol=1e-6)
+    eye = np.eye(2, dtype=np.float32)
+    twice_x = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+    # C_concat: (1,0,0,1).(1,0,1,0) / (sqrt2 sqrt2) = 1/2
+    np.testing.assert_allclose(float(sim.c_concat(eye, twice_x)), 0.5, rtol=1e-6)
+    # C_average: token cosines (1, 1, 0, 0) -> 1/2
+    np.testing.assert_allclose(float(sim.c_average(eye, twice_x)), 0.5, rtol=1e-6)
+    np.testing.assert_allclose(float(sim.c_average(eye[:1], eye)), 0.5, rtol=1e-6)

@@ -145,13 +145,18 @@ def test_greedy_decode_zeroes_eos_and_after(tiny):
     assert list(got[:first]) == list(free[:first]) and not got[first:].any()
 
 
-def test_ffn_activations_are_silu_gate_times_up(tiny, expected):
-    """Layer 0 at position 0 attends only to itself, so its FFN input is computable by hand."""
+def test_ffn_activations_gate_and_silu_gate_times_up(tiny, expected):
+    """Layer 0 at position 0 attends only to itself, so its FFN input is computable by hand.
+    Default rule: the gate's pre-activation; rule 'product': silu(gate) * up."""
     p = flatten(jax.tree_util.tree_map(np.asarray, tiny.params))
     c = tiny.config
     ids, im = left_pad([[9, 10, 11], [12, 13]], 4)
-    acts = np.asarray(tiny.ffn_activations(tiny.params, None, ids, im))
-    assert acts.shape == (c.num_layers, 2, 4, c.d_ff) and acts.dtype == np.float32
+    assert tiny.ffn_activation_rules == ("gate", "product")
+    gates = np.asarray(tiny.ffn_activations(tiny.params, None, ids, im))
+    np.testing.assert_array_equal(gates, tiny.ffn_activations(tiny.params, None, ids, im,
+                                                              rule="gate"))
+    acts = np.asarray(tiny.ffn_activations(tiny.params, None, ids, im, rule="product"))
+    assert acts.shape == gates.shape == (c.num_layers, 2, 4, c.d_ff) and acts.dtype == np.float32
 
     def rms(x, scale):
         return x / np.sqrt(np.mean(x * x) + c.norm_eps) * scale
@@ -165,6 +170,9 @@ def test_ffn_activations_are_silu_gate_times_up(tiny, expected):
     gate, up = m @ p["layers_0/mlp/wi_0/kernel"], m @ p["layers_0/mlp/wi_1/kernel"]
     want = gate / (1 + np.exp(-gate)) * up
     np.testing.assert_allclose(acts[0, 0, 1], want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gates[0, 0, 1], gate, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="no FFN activation rule 'output'.*gate, product"):
+        tiny.ffn_activations(tiny.params, None, ids, im, rule="output")
     # padding does not change real positions (with a prompt in front too)
     alone = np.asarray(tiny.ffn_activations(tiny.params, expected["prompt"], ids[1:, 2:], im[1:, 2:]))
     padded = np.asarray(tiny.ffn_activations(tiny.params, expected["prompt"], ids[1:], im[1:]))

@@ -2,8 +2,8 @@
 
 import pytest
 
-from ptransfer.core.errors import DataError
-from ptransfer.experiments.speedups import speedups
+from ptransfer.core.errors import ConfigError, DataError
+from ptransfer.experiments.speedups import reach_tolerance, speedups
 
 
 def test_plain_curves():
@@ -37,6 +37,34 @@ def test_noisy_curves_first_peak_not_a_later_dip():
     assert s.tpt_comparable_step == 2 and s.comparable == 2.0
     # a tolerance lets an almost-equal score count
     assert speedups(pt, tpt, tolerance=0.16).tpt_comparable_step == 1
+
+
+def test_reaching_within_one_standard_error_hand_computed():
+    # scores on the 0-100 scale, eval set of 100 examples
+    pt = [(10, 60.0), (20, 70.0), (30, 80.0), (40, 78.0)]
+    tpt = [(10, 72.0), (20, 77.0), (30, 79.0), (40, 81.0)]
+    # one binomial SE of PT's best: 100 * sqrt(0.8 * 0.2 / 100) = 4 points
+    tol, source = reach_tolerance(80.0, eval_size=100)
+    assert source == "binomial" and tol == pytest.approx(4.0)
+    s = speedups(pt, tpt, tolerance=tol)
+    # reached: first TPT eval >= 80 - 4 = 76 is step 20 -> 30 / 20
+    assert s.tpt_comparable_step == 20 and s.comparable == pytest.approx(1.5)
+    # exact match kept beside it: first TPT eval >= 80 is step 40 -> 30 / 40
+    assert s.tpt_comparable_exact_step == 40 and s.comparable_exact == pytest.approx(0.75)
+    assert s.convergence == pytest.approx(30 / 40)
+    assert s.to_json()["tolerance"] == pytest.approx(4.0)
+    # a TPT curve that stays more than one SE below never reaches it
+    low = speedups(pt, [(10, 70.0), (20, 75.9)], tolerance=tol)
+    assert low.comparable is None and low.comparable_exact is None
+
+
+def test_reach_tolerance_from_seeds_and_without_either():
+    # no eval size, two seeds: the sample std of PT's best, sqrt(((70-72)^2 + (74-72)^2) / 1)
+    tol, source = reach_tolerance(70.0, seed_bests=[70.0, 74.0])
+    assert source == "seeds" and tol == pytest.approx(8 ** 0.5)
+    assert reach_tolerance(70.0, seed_bests=[70.0]) == (0.0, "none")
+    with pytest.raises(ConfigError, match="tolerance"):
+        speedups([(1, 1.0)], [(1, 1.0)], tolerance=-1.0)
 
 
 def test_never_reaching_is_none_and_na():

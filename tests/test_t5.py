@@ -41,7 +41,7 @@ def backbone_for(kind):
             tll=jax.jit(bb.target_log_likelihood),
             score=jax.jit(bb.score_candidates),
             greedy=jax.jit(bb.greedy_decode, static_argnums=4),
-            ffn=jax.jit(bb.ffn_activations, static_argnames="stack"),
+            ffn=jax.jit(bb.ffn_activations, static_argnames=("stack", "rule")),
             encode=jax.jit(bb._encode),
         )
     return _CACHE[kind]
@@ -165,6 +165,12 @@ def test_ffn_activations_match_a_manual_first_decoder_step(kind):
     mask = np.ones_like(ref["inputs"])
     acts = np.asarray(fns["ffn"](bb.params, ref["prompt"], ref["inputs"], mask))
     assert acts.shape == (cfg.num_decoder_layers, 2, 1, cfg.d_ff) == (bb.num_layers, 2, 1, cfg.d_ff)
+    if cfg.gated:  # default rule: the gate's pre-activation; the product is an option
+        assert bb.ffn_activation_rules == ("gate", "product")
+        product = np.asarray(fns["ffn"](bb.params, ref["prompt"], ref["inputs"], mask,
+                                        rule="product"))
+    else:
+        assert bb.ffn_activation_rules == ("output",)
     encoded, _ = fns["encode"](bb.params, ref["prompt"], ref["inputs"], mask)
     enc = np.asarray(encoded)
     h_, dh, eps = cfg.num_heads, cfg.head_dim, cfg.layer_norm_epsilon
@@ -186,12 +192,14 @@ def test_ffn_activations_match_a_manual_first_decoder_step(kind):
         h = _rms(y, lp["pre_mlp_layer_norm"]["scale"], eps)
         m = lp["mlp"]
         if cfg.gated:
-            a = h @ m["wi_0"]["kernel"]
-            a = 0.5 * a * (1 + np.tanh(np.sqrt(2 / np.pi) * (a + 0.044715 * a ** 3)))
+            gate = h @ m["wi_0"]["kernel"]
+            np.testing.assert_allclose(acts[i], gate, rtol=0, atol=1e-4)
+            a = 0.5 * gate * (1 + np.tanh(np.sqrt(2 / np.pi) * (gate + 0.044715 * gate ** 3)))
             a = a * (h @ m["wi_1"]["kernel"])
+            np.testing.assert_allclose(product[i], a, rtol=0, atol=1e-4)
         else:
             a = np.maximum(h @ m["wi"]["kernel"], 0)
-        np.testing.assert_allclose(acts[i], a, rtol=0, atol=1e-4)
+            np.testing.assert_allclose(acts[i], a, rtol=0, atol=1e-4)
         y = y + a @ m["wo"]["kernel"]
     if kind == "t5_v1_0":
         enc_acts = fns["ffn"](bb.params, ref["prompt"], ref["inputs"], mask, stack="encoder")

@@ -6,8 +6,9 @@ import pytest
 from ptransfer import load_backbone
 from ptransfer.core.errors import ConfigError, DataError
 from ptransfer.bank import store as bank
-from ptransfer.experiments.matrix import cross_task_matrix
+from ptransfer.experiments.matrix import cross_task_matrix, relative_replicates
 from ptransfer.prompts import random_prompt_like
+from tasks.metrics import accuracy, balanced_accuracy
 
 TASKS = ["mr", "sms_spam", "trec"]
 SETTINGS = dict(split="validation", eval_examples=8, input_length=48, target_length=14,
@@ -60,6 +61,43 @@ def test_matrix_shape_diagonal_and_no_recompilation(backbone, tmp_path):
     swapped = cross_task_matrix(backbone, str(second), TASKS, **SETTINGS)
     assert _score_stack_compilations(backbone) == compiled, "new prompts recompiled the scorer"
     assert swapped["runs"] == {t: ["seed1"] for t in TASKS}
+
+
+def test_per_example_predictions_and_intervals(backbone, tmp_path):
+    _fill_bank(tmp_path, backbone, seed=0)
+    _fill_bank(tmp_path, backbone, seed=1)  # two seeds per source
+    result = cross_task_matrix(backbone, str(tmp_path), TASKS, **SETTINGS)
+    per, ci = result["per_example"], result["intervals"]
+    metric_fns = {"accuracy": accuracy, "balanced_accuracy": balanced_accuracy}
+    for t in TASKS:
+        labels = np.asarray(per["labels"][t])
+        assert labels.shape == (8,)
+        fn = metric_fns[result["metric"][t]]
+        for s in TASKS:
+            preds = np.asarray(per["predictions"][s][t])
+            assert preds.shape == (2, 8)
+            # the stored predictions give back the matrix's score (mean over seeds)
+            assert result["scores"][s][t] == pytest.approx(np.mean([fn(labels, p) for p in preds]))
+            cell = ci["scores"][s][t]
+            acc = np.mean(preds == labels)
+            z = 1.959964
+            centre = (acc + z * z / 16) / (1 + z * z / 8)
+            half = z * np.sqrt(acc * (1 - acc) / 8 + z * z / 256) / (1 + z * z / 8)
+            np.testing.assert_allclose(cell["accuracy_ci"],
+                                       [100 * max(0, centre - half), 100 * min(1, centre + half)],
+                                       rtol=1e-5, atol=1e-9)
+            lo, hi = cell["balanced_accuracy_ci"]
+            assert lo <= hi
+        # a prompt relative to itself is 1 on every paired resample
+        assert ci["relative"][t][t] == [1.0, 1.0]
+        no_prompt = np.asarray(per["baselines"]["no_prompt"][t])
+        assert result["baselines"]["no_prompt"][t] == pytest.approx(fn(labels, no_prompt))
+    reps = relative_replicates(result, TASKS, TASKS, resamples=50, seed=0)
+    assert reps.shape == (50, 3, 3)
+    for j in range(3):
+        np.testing.assert_array_equal(reps[:, j, j][np.isfinite(reps[:, j, j])], 1.0)
+    np.testing.assert_array_equal(reps, relative_replicates(result, TASKS, TASKS, resamples=50))
+    assert relative_replicates({"metric": {}}, TASKS, TASKS) is None
 
 
 def test_random_baseline_has_the_mean_norm():

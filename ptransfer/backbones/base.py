@@ -39,6 +39,11 @@ PyTree = Any
 Batch = Mapping[str, jax.Array]
 
 
+# `Backbone.ffn_activation_rules` of ungated and of gated FFNs.
+UNGATED_FFN_RULES = ("output",)
+GATED_FFN_RULES = ("gate", "product")
+
+
 @dataclasses.dataclass
 class Backbone(abc.ABC):
     """A frozen model. Subclasses fill in the family-specific functions.
@@ -162,14 +167,41 @@ class Backbone(abc.ABC):
         """Greedy continuation: int32 [B, max_decode_len]; EOS and everything
         after it are replaced by 0."""
 
+    @property
+    def ffn_activation_rules(self) -> tuple[str, ...]:
+        """The FFN values `ffn_activations(..., rule=)` can return, default first.
+
+        A neuron counts as activated when the value is > 0 (the ON threshold):
+          "output"   ungated FFNs (ReLU, GELU): act(wi x), which is > 0 exactly
+                     when the pre-activation wi x is (the paper's rule).
+          "gate"     gated FFNs (SwiGLU, GeGLU), the default there: the gate's
+                     pre-activation wi_0 x, i.e. the gate is open; the faithful
+                     analogue of the paper's rule.
+          "product"  gated FFNs, an option: act(wi_0 x) * wi_1 x, the input of
+                     wo; it is also > 0 when both factors are negative.
+        """
+        return UNGATED_FFN_RULES
+
+    def ffn_rule(self, rule: str | None) -> str:
+        """`rule` checked against `ffn_activation_rules`; None gives the default."""
+        rules = self.ffn_activation_rules
+        if rule is None:
+            return rules[0]
+        if rule not in rules:
+            raise ConfigError(f"backbone {self.name!r} has no FFN activation rule {rule!r}; its "
+                              f"FFN offers {', '.join(rules)} (gated FFNs: gate, product).")
+        return rule
+
     @abc.abstractmethod
-    def ffn_activations(self, params: PyTree, prompt, inputs, inputs_mask) -> jax.Array:
+    def ffn_activations(self, params: PyTree, prompt, inputs, inputs_mask,
+                        rule: str | None = None) -> jax.Array:
         """FFN intermediate activations of every layer for the ON indicator.
 
         Returns float32 [num_layers, B, S, F] where S indexes the positions the
         family reads (documented per family; e.g. T5: the first decoder step,
-        S=1; decoder-only: every position of prompt + inputs). Computed by the
-        same module as the forward pass with capture switched on.
+        S=1; decoder-only: every position of prompt + inputs). `rule` picks the
+        value (`ffn_activation_rules`; None: the family's default). Computed by
+        the same module as the forward pass with capture switched on.
         """
 
     @abc.abstractmethod

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from ptransfer.backbones import layers
-from ptransfer.backbones.base import Backbone, batched_prompt
+from ptransfer.backbones.base import GATED_FFN_RULES, Backbone, batched_prompt
 from ptransfer.checkpoints.gguf import GGUFCheckpoint, llama_hparams, llama_tensors
 from ptransfer.checkpoints.safetensors_io import SafetensorsCheckpoint
 from ptransfer.checkpoints.tree import ParamTreeBuilder
@@ -154,11 +154,11 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU: wo(silu(wi_0 x) * wi_1 x).
 
-    Captures `silu(gate) * up` (sow 'intermediates'/'activations', [B, T, F]):
-    the vector the down projection mixes, i.e. each FFN neuron's coefficient on
-    its row of `wo`. It is the gated analogue of T5's relu(wi x), so "neuron i
-    is active" (> 0) means the same thing for every family. silu(gate) alone
-    would ignore the up branch that scales (and can flip) each neuron's output.
+    Captures (sow 'intermediates', [B, T, F]) the gate's pre-activation
+    `wi_0 x` as 'gate' (ON's default rule: neuron i is active when its gate is
+    open, > 0, as a ReLU/GELU neuron is when its pre-activation is) and the
+    product `silu(gate) * up`, the input of `wo`, as 'activations' (the
+    'product' rule).
     """
 
     config: LlamaConfig
@@ -170,6 +170,7 @@ class MLP(nn.Module):
         gate = layers.Dense(c.d_ff, ("embed", "mlp"), dtype=dt, name="wi_0")(x)
         up = layers.Dense(c.d_ff, ("embed", "mlp"), dtype=dt, name="wi_1")(x)
         h = jax.nn.silu(gate) * up
+        self.sow("intermediates", "gate", gate)
         self.sow("intermediates", "activations", h)
         return layers.Dense(c.d_model, ("mlp", "embed"), dtype=dt, name="wo")(h)
 
@@ -348,12 +349,15 @@ def _greedy_tokens(config, params, prompt, inputs, inputs_mask, max_decode_len):
     return jnp.concatenate([toks.T, last[:, None]], axis=1)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _ffn_activations(config, params, prompt, inputs, inputs_mask):
+_SOWN = {"gate": "gate", "product": "activations"}  # ffn rule -> name sown by `MLP`
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _ffn_activations(config, params, prompt, inputs, inputs_mask, rule="gate"):
     x, mask = _prefix(config, params, prompt, inputs, inputs_mask)
     _, state = _decode(config, params, x, mask, mutable=["intermediates"])
     inter = state["intermediates"]
-    acts = [inter[f"layers_{i}"]["mlp"]["activations"][0] for i in range(config.num_layers)]
+    acts = [inter[f"layers_{i}"]["mlp"][_SOWN[rule]][0] for i in range(config.num_layers)]
     return jnp.stack(acts).astype(jnp.float32)
 
 
@@ -383,8 +387,8 @@ class LlamaBackbone(Backbone):
 
     Decoder-only specifics: the prompt goes before the text; targets follow
     the inputs without EOS (`add_eos_to_targets = False`); `ffn_activations`
-    covers every prompt + input position (S = P + Li), capturing
-    silu(gate) * up (see `MLP`). All functions are jitted with the config
+    covers every prompt + input position (S = P + Li), capturing the gate's
+    pre-activation (rule 'gate', default) or silu(gate) * up ('product'; see `MLP`). All functions are jitted with the config
     static, so they may also be called inside the caller's jit.
     """
 
@@ -415,9 +419,14 @@ class LlamaBackbone(Backbone):
         tokens = _greedy_tokens(self.config, params, prompt, inputs, inputs_mask, int(max_decode_len))
         return zero_after_eos(tokens, getattr(self.vocab, "eos_id", None))
 
-    def ffn_activations(self, params, prompt, inputs, inputs_mask):
+    @property
+    def ffn_activation_rules(self):
+        return GATED_FFN_RULES
+
+    def ffn_activations(self, params, prompt, inputs, inputs_mask, rule=None):
         self.check_prompt(prompt)
-        return _ffn_activations(self.config, params, prompt, inputs, inputs_mask)
+        return _ffn_activations(self.config, params, prompt, inputs, inputs_mask,
+                                self.ffn_rule(rule))
 
     def logits(self, inputs, targets=None, prompt=None):
         self.check_prompt(prompt)

@@ -483,9 +483,11 @@ class MlmBackbone(Backbone):
             "generative tasks (QA, summarization) cannot be run on it. Use a T5 or decoder-only "
             "backbone for them, or a classification task with an MLM template.")
 
-    def ffn_activations(self, params, prompt, inputs, inputs_mask):
+    def ffn_activations(self, params, prompt, inputs, inputs_mask, rule=None):
         """GELU output of every layer's FFN at the mask slot: float32
-        [num_layers, B, 1, d_ff] (NaN rows for examples without a mask)."""
+        [num_layers, B, 1, d_ff] (NaN rows for examples without a mask); rule
+        'output' only (> 0 exactly when the pre-activation is)."""
+        self.ffn_rule(rule)
         inputs, inputs_mask = jnp.asarray(inputs), jnp.asarray(inputs_mask)
         self._check_inputs(prompt, inputs, inputs_mask)
         return self._jit_ffn(params, prompt, inputs, inputs_mask)

@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptransfer.backbones.base import Backbone, batched_prompt
+from ptransfer.backbones.base import GATED_FFN_RULES, UNGATED_FFN_RULES, Backbone, batched_prompt
 from ptransfer.backbones.layers import (
     ACTIVATIONS,
     Dense,
@@ -294,8 +294,9 @@ class Mlp(nn.Module):
     """T5 FFN: wo(act(wi x)) or wo(act(wi_0 x) * wi_1 x).
 
     The hidden activation [.., F] (the input of `wo`) is sown into the
-    'intermediates' collection as 'activations'; this costs nothing unless the
-    caller makes that collection mutable.
+    'intermediates' collection as 'activations', and for gated FFNs the gate's
+    pre-activation `wi_0 x` as 'gate'; this costs nothing unless the caller
+    makes that collection mutable.
     """
 
     config: T5Config
@@ -307,8 +308,9 @@ class Mlp(nn.Module):
         act = ACTIVATIONS[cfg.activation_name]
         init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
         if cfg.gated:
-            h = act(Dense(cfg.d_ff, ("embed", "mlp"), dtype=dtype, kernel_init=init, name="wi_0")(x))
-            h = h * Dense(cfg.d_ff, ("embed", "mlp"), dtype=dtype, kernel_init=init, name="wi_1")(x)
+            gate = Dense(cfg.d_ff, ("embed", "mlp"), dtype=dtype, kernel_init=init, name="wi_0")(x)
+            self.sow("intermediates", "gate", gate)
+            h = act(gate) * Dense(cfg.d_ff, ("embed", "mlp"), dtype=dtype, kernel_init=init, name="wi_1")(x)
         else:
             h = act(Dense(cfg.d_ff, ("embed", "mlp"), dtype=dtype, kernel_init=init, name="wi")(x))
         self.sow("intermediates", "activations", h)
@@ -610,7 +612,12 @@ class T5Backbone(Backbone):
         ended = jnp.cumsum((tokens == cfg.eos_id).astype(jnp.int32), axis=1) > 0
         return jnp.where(ended, 0, tokens)
 
-    def ffn_activations(self, params, prompt, inputs, inputs_mask, stack: str = "decoder"):
+    @property
+    def ffn_activation_rules(self):
+        return GATED_FFN_RULES if self.config.gated else UNGATED_FFN_RULES
+
+    def ffn_activations(self, params, prompt, inputs, inputs_mask, rule=None,
+                        stack: str = "decoder"):
         """FFN hidden activations for the ON indicator.
 
         stack="decoder" (default, the layers counted by `num_layers`): float32
@@ -619,11 +626,12 @@ class T5Backbone(Backbone):
         T5: that step is where the prompt's effect on the output starts.
         stack="encoder": [num_layers_encoder, B, P + Li, F] over prompt + inputs.
 
-        The value is the input of `wo`: act(wi x) for ReLU, and for gated FFNs
-        gelu(wi_0 x) * (wi_1 x), since that product (not the GELU alone, which is
-        almost never exactly 0) is what each neuron contributes, and its sign
-        says whether the neuron fires (> 0 after binarization).
+        The value (`rule`, see `Backbone.ffn_activation_rules`): ungated FFNs
+        return act(wi x) ('output'); gated ones the gate's pre-activation
+        wi_0 x ('gate', default: > 0 when the gate is open) or the input of `wo`,
+        gelu(wi_0 x) * (wi_1 x) ('product').
         """
+        sown = "gate" if self.ffn_rule(rule) == "gate" else "activations"
         if stack not in ("decoder", "encoder"):
             raise ConfigError(f"ffn_activations stack {stack!r}: use 'decoder' or 'encoder'.")
         if stack == "encoder":
@@ -637,7 +645,7 @@ class T5Backbone(Backbone):
                                          method=T5.decode, mutable=["intermediates"])
             layers = state["intermediates"]["decoder"]
             n = self.config.num_decoder_layers
-        acts = [layers[f"layers_{i}"]["mlp"]["activations"][0] for i in range(n)]
+        acts = [layers[f"layers_{i}"]["mlp"][sown][0] for i in range(n)]
         return jnp.stack(acts).astype(jnp.float32)
 
     # ---- convenience -------------------------------------------------------

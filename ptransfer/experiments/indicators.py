@@ -11,12 +11,23 @@ Stimulus: "dummy" (the paper's single fixed input: the text "." — one
 ordinary token; a masked LM gets its start, mask and end tokens: `Backbone.stimulus_ids()`) or
 "task:<name>" (the first `stimulus_examples` validation examples of a task).
 
+ON's "activated" neuron follows the backbone's FFN rule (`on_rule`, the
+default of `Backbone.ffn_activation_rules`: the activation of a ReLU/GELU FFN,
+the gate's pre-activation of a gated one); every other rule the backbone
+offers is reported beside it as its own indicator `ON_<rule>` (gated FFNs:
+`ON_product`, act(gate) * up > 0).
+
 Output keys: backbone, tasks, stimulus, positions, threshold, window_size,
-pairwise {indicator: {s: {t: value}}}, points {indicator: [[value, rel], ...]},
-spearman {overall {ind: rho}, per_target {ind: {t: rho}}, windows {"a-b": rho},
-pvalues {ind: p}, n}, retrieval {ind: {hits, targets, rate, picks}}: for each
-target, whether the source an indicator ranks first is the source with the
-best measured transfer (the use `transfer init --sources auto` makes of it).
+on_rule, on_rules, pairwise {indicator: {s: {t: value}}}, points {indicator:
+[[value, rel], ...]}, spearman {overall {ind: rho}, per_target {ind: {t: rho}},
+windows {"a-b": rho}, pvalues {ind: p}, n, mean_per_target {ind: rho} (the
+headline), summary {ind: `correlation.SpearmanSummary.to_json()`: per-target,
+mean and pooled rho with bootstrap 95% intervals, dropped targets}},
+retrieval {ind: {hits, targets, rate, picks}}: for each target, whether the
+source an indicator ranks first is the source with the best measured transfer
+(the use `transfer init --sources auto` makes of it). The bootstrap resamples
+the matrix's evaluation examples when `cross_task.json` has per-example
+predictions (`experiments.matrix.relative_replicates`), else the task pairs.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ import tasks
 from ptransfer import scoring
 from ptransfer.core.errors import ConfigError
 from ptransfer.data import default_truncation, load_task
-from ptransfer.experiments.matrix import load_bank_prompts
+from ptransfer.experiments.matrix import load_bank_prompts, relative_replicates
 from ptransfer.indicators import correlation, neurons, similarity
 
 SIMILARITY_NAMES = ("E_concat", "E_average", "C_concat", "C_average")
@@ -61,7 +72,8 @@ def _by_task(matrix: np.ndarray, task_of: list[str], tasks: list[str]) -> np.nda
 
 def compute_indicators(backbone, bank_dir: str, cross_task: dict, *, stimulus: str = "dummy",
                        stimulus_examples: int = 8, positions="last", threshold: float = 0.0,
-                       window_size: int = 3, data_dir=None) -> dict:
+                       window_size: int = 3, data_dir=None, bootstrap_resamples: int = 1000,
+                       bootstrap_seed: int = 0) -> dict:
     """Every indicator for every task pair, and their Spearman correlations with transfer."""
     if cross_task["backbone"] != backbone.name:
         raise ConfigError(f"the transfer matrix is for backbone {cross_task['backbone']!r}, not "
@@ -77,11 +89,16 @@ def compute_indicators(backbone, bank_dir: str, cross_task: dict, *, stimulus: s
     matrices = {name: _by_task(np.asarray(similarity.similarity_matrix(name, stack)), task_of, tasks_)
                 for name in SIMILARITY_NAMES}
     inputs, inputs_mask = stimulus_batch(backbone, stimulus, stimulus_examples, data_dir)
-    masks = neurons.capture_activation_masks(
-        backbone, backbone.params, stack, inputs, inputs_mask, positions=positions,
-        threshold=threshold, names=[e.ref for e in entries],
-        prompt_backbones=[e.backbone for e in entries])
-    matrices["ON"] = _by_task(neurons.on_matrix(masks), task_of, tasks_)
+    rules = backbone.ffn_activation_rules  # the first is ON's rule
+    for rule in rules:
+        rule_masks = neurons.capture_activation_masks(
+            backbone, backbone.params, stack, inputs, inputs_mask, positions=positions,
+            threshold=threshold, names=[e.ref for e in entries],
+            prompt_backbones=[e.backbone for e in entries], rule=rule)
+        name = "ON" if rule == rules[0] else f"ON_{rule}"
+        matrices[name] = _by_task(neurons.on_matrix(rule_masks), task_of, tasks_)
+        if rule == rules[0]:
+            masks = rule_masks
     windows = {f"{a}-{b - 1}": _by_task(m, task_of, tasks_)
                for (a, b), m in neurons.on_by_window(masks, size=window_size).items()}
 
@@ -90,6 +107,13 @@ def compute_indicators(backbone, bank_dir: str, cross_task: dict, *, stimulus: s
     tables = correlation.correlate_all(matrices, rel, tasks_, tasks_)
     window_tables = correlation.correlate_all(windows, rel, tasks_, tasks_)
     off = correlation.off_diagonal_mask(tasks_, tasks_)
+    replicates = relative_replicates(cross_task, tasks_, tasks_, resamples=bootstrap_resamples,
+                                     seed=bootstrap_seed)
+    summaries = {k: correlation.spearman_summary(m, rel, tasks_, tasks_, name=k,
+                                                 transfer_replicates=replicates,
+                                                 resamples=bootstrap_resamples,
+                                                 seed=bootstrap_seed).to_json()
+                 for k, m in matrices.items()}
     return {
         "retrieval": {name: top_source_retrieval(m, rel, tasks_) for name, m in matrices.items()},
         "backbone": backbone.name,
@@ -98,6 +122,8 @@ def compute_indicators(backbone, bank_dir: str, cross_task: dict, *, stimulus: s
         "positions": positions if isinstance(positions, str) else list(positions),
         "threshold": threshold,
         "window_size": window_size,
+        "on_rule": rules[0],
+        "on_rules": list(rules),
         "num_layers": masks.num_layers,
         "pairwise": {name: {s: {t: float(m[i, j]) for j, t in enumerate(tasks_)}
                             for i, s in enumerate(tasks_)} for name, m in matrices.items()},
@@ -111,6 +137,8 @@ def compute_indicators(backbone, bank_dir: str, cross_task: dict, *, stimulus: s
             "per_target": {k: {tt: s.to_json()["rho"] for tt, s in t.per_target.items()}
                            for k, t in tables.items()},
             "windows": {k: t.overall.to_json()["rho"] for k, t in window_tables.items()},
+            "mean_per_target": {k: v["mean_per_target"] for k, v in summaries.items()},
+            "summary": summaries,
         },
     }
 

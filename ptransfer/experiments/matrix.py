@@ -15,7 +15,22 @@ Output (`cross_task.json`): backbone, sources, targets (ordered by task type),
 task_types, metric {target: name}, scores / scores_std {source: {target}},
 seeds {source: [...]}, runs {source: [...]}, relative {source: {target}},
 baselines {no_prompt|random_prompt: {target: score}}, baselines_relative,
-eval_sizes {target: n}, split, wall_time_s.
+eval_sizes {target: n}, split, wall_time_s, and for classification targets
+(whose per-example predictions come with rank classification at no extra cost):
+
+  per_example {labels {target: [n]}, predictions {source: {target: [[n] per seed]}},
+               baselines {no_prompt|random_prompt: {target: [n]}}}
+  intervals {confidence, resamples, seed, method,
+             scores {source|(baseline): {target: {accuracy, accuracy_ci,
+                     balanced_accuracy, balanced_accuracy_ci}}},
+             relative {source: {target: [low, high]}}}
+
+Accuracy intervals are Wilson intervals (the seed-mean accuracy as a
+proportion of the n examples); balanced accuracy and relative performance
+use a seeded percentile bootstrap over the target's examples, paired for
+relative performance (S's and T's prompts resampled on the same examples).
+`relative_replicates` turns the same predictions into bootstrap replicates of
+the relative-transfer matrix, for intervals of anything computed from it.
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ from ptransfer import scoring
 from ptransfer.bank import store as bank
 from ptransfer.core.errors import ConfigError
 from ptransfer.data import default_truncation, load_task
+from ptransfer.indicators import intervals
 from ptransfer.prompts import random_prompt_like
 from tasks.specs import TYPES
 
@@ -99,6 +115,8 @@ def cross_task_matrix(backbone, bank_dir: str, targets: Sequence[str], *,
     per_entry: dict[str, dict[str, float]] = {e.ref: {} for e in entries}
     baselines = {"no_prompt": {}, "random_prompt": {}}
     metric, sizes = {}, {}
+    labels: dict[str, list[int]] = {}
+    preds: dict[str, dict[str, np.ndarray]] = {}  # target -> {entry ref | baseline: [n]}
     for i, target in enumerate(targets):
         spec = specs[target]
         task, mlm = load_task(target, backbone, data_dir)
@@ -108,11 +126,22 @@ def cross_task_matrix(backbone, bank_dir: str, targets: Sequence[str], *,
                                           truncate_inputs=default_truncation(backbone), mlm=mlm)
         metric[target] = metric_name or eval_set.primary_metric
         sizes[target] = eval_set.size
-        results = scorer.evaluate_stack(full_stack, eval_set)
+        if eval_set.is_classification:
+            ll = scorer.candidate_log_likelihoods_stack(full_stack, eval_set)  # [K + 1, N, C]
+            none_ll = scorer.candidate_log_likelihoods(None, eval_set)  # [N, C]
+            results = [scorer.metrics_from_scores(x, eval_set) for x in ll]
+            no_prompt = scorer.metrics_from_scores(none_ll, eval_set)
+            labels[target] = [int(v) for v in eval_set.labels]
+            refs = [e.ref for e in entries] + ["random_prompt"]
+            preds[target] = dict(zip(refs, np.argmax(ll, axis=-1)))
+            preds[target]["no_prompt"] = np.argmax(none_ll, axis=-1)
+        else:
+            results = scorer.evaluate_stack(full_stack, eval_set)
+            no_prompt = scorer.evaluate(None, eval_set)
         for e, r in zip(entries, results[:-1]):
             per_entry[e.ref][target] = float(r[metric[target]])
         baselines["random_prompt"][target] = float(results[-1][metric[target]])
-        baselines["no_prompt"][target] = float(scorer.evaluate(None, eval_set)[metric[target]])
+        baselines["no_prompt"][target] = float(no_prompt[metric[target]])
         if progress is not None:
             progress(i + 1, len(targets), target)
         log.info("matrix: target %s (%d examples) scored for %d prompts", target, eval_set.size,
@@ -133,6 +162,14 @@ def cross_task_matrix(backbone, bank_dir: str, targets: Sequence[str], *,
         return {t: (row[t] / scores[t][t] if t in scores and scores[t][t] else None)
                 for t in targets}
 
+    source_preds = {s: {t: np.stack([preds[t][e.ref] for e in entries if e.task == s])
+                        for t in preds} for s in source_tasks}
+    per_example = {
+        "labels": labels,
+        "predictions": {s: {t: p.tolist() for t, p in row.items()}
+                        for s, row in source_preds.items()},
+        "baselines": {b: {t: preds[t][b].tolist() for t in preds} for b in baselines},
+    }
     return {
         "backbone": backbone.name,
         "sources": source_tasks,
@@ -149,5 +186,77 @@ def cross_task_matrix(backbone, bank_dir: str, targets: Sequence[str], *,
         "eval_sizes": sizes,
         "split": split,
         "prompt_shape": list(stack.shape[1:]),
+        "per_example": per_example,
+        "intervals": score_intervals(per_example, metric, seed=seed),
         "wall_time_s": time.perf_counter() - t0,
     }
+
+
+def _ci(v):
+    return None if v is None else [float(v[0]), float(v[1])]
+
+
+def _cell_intervals(labels, predictions, seed: int) -> dict:
+    """Accuracy (Wilson) and balanced accuracy (bootstrap) of predictions [R, n] or [n]."""
+    labels = np.asarray(labels)
+    preds = np.atleast_2d(np.asarray(predictions))
+    acc = float(np.mean(preds == labels[None]))
+    bal = float(np.mean([intervals.batched_balanced_accuracy(labels, p) for p in preds]))
+    return {"accuracy": 100.0 * acc,
+            "accuracy_ci": _ci(intervals.wilson_interval(acc * labels.size, labels.size)),
+            "balanced_accuracy": bal,
+            "balanced_accuracy_ci": _ci(intervals.metric_interval("balanced_accuracy", labels,
+                                                                   preds, seed=seed))}
+
+
+def score_intervals(per_example: dict, metric: dict[str, str], *, seed: int = 0,
+                    resamples: int = intervals.RESAMPLES) -> dict:
+    """The `intervals` block of the matrix JSON from its `per_example` block."""
+    labels, predictions = per_example["labels"], per_example["predictions"]
+    scores = {s: {t: _cell_intervals(labels[t], p, seed) for t, p in row.items()}
+              for s, row in predictions.items()}
+    for b, row in per_example.get("baselines", {}).items():
+        scores[f"({b})"] = {t: _cell_intervals(labels[t], p, seed) for t, p in row.items()}
+    relative = {}
+    for s, row in predictions.items():
+        relative[s] = {}
+        for t, p in row.items():
+            own = predictions.get(t, {}).get(t)
+            ok = own is not None and metric.get(t) in intervals.BATCHED_METRICS
+            relative[s][t] = _ci(intervals.ratio_interval(
+                metric[t], labels[t], p, own, resamples=resamples, seed=seed)) if ok else None
+    return {"confidence": intervals.CONFIDENCE, "resamples": resamples, "seed": seed,
+            "method": "accuracy: Wilson; balanced accuracy: bootstrap over examples; relative: "
+                      "paired bootstrap over the target's examples",
+            "scores": scores, "relative": relative}
+
+
+def relative_replicates(cross_task: dict, sources: Sequence[str], targets: Sequence[str], *,
+                        resamples: int = intervals.RESAMPLES, seed: int = 0) -> np.ndarray | None:
+    """Bootstrap replicates [B, S, T] of relative transfer score(s->t) / score(t->t).
+
+    Each target's examples are resampled (seeded per target) once per replicate and
+    shared by all its sources, so a replicate is one plausible re-draw of every
+    evaluation set. None when some cell lacks per-example predictions or its
+    metric has no per-example form (generative targets): callers then resample
+    pairs instead.
+    """
+    per = cross_task.get("per_example")
+    if not per:
+        return None
+    labels, predictions = per["labels"], per["predictions"]
+    out = np.full((resamples, len(sources), len(targets)), np.nan)
+    for j, t in enumerate(targets):
+        m = cross_task["metric"].get(t)
+        own = predictions.get(t, {}).get(t)
+        if t not in labels or own is None or m not in intervals.BATCHED_METRICS:
+            return None
+        idx = intervals.resample_indices(len(labels[t]), resamples, seed + j)
+        den = intervals.metric_on(m, labels[t], own, idx)
+        for i, s in enumerate(sources):
+            p = predictions.get(s, {}).get(t)
+            if p is None:
+                return None
+            num = intervals.metric_on(m, labels[t], p, idx)
+            out[:, i, j] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return out

@@ -4,7 +4,11 @@ For a source prompt (a bank entry, or a projected prompt for TPT_MODEL) and a
 target task, `run_pair` trains vanilla PT (the base config's initializer) and
 TPT (initialized from the source prompt) with otherwise identical settings
 and seeds, reads both eval curves, and computes the convergence and
-comparable-result speedups of `transfer.speedups` per seed.
+comparable-result speedups of `experiments.speedups` per seed. "Reaching"
+PT's best allows one standard error (`speedups.reach_tolerance`): the binomial
+SE on the eval subset (`base.eval_examples`, an upper bound on its size, so
+the tolerance is never wider than the SE), else the spread of PT's best over
+the seeds; the exact-match speedups are kept beside it.
 
 Runs live in `<out_dir>/<kind>/<target>/<source>/seed<k>` model dirs, so an
 interrupted pair resumes from its checkpoints and a finished one is reused;
@@ -21,7 +25,7 @@ from statistics import mean
 from typing import Callable, Sequence
 
 from ptransfer.core.errors import ConfigError
-from ptransfer.experiments.speedups import speedups
+from ptransfer.experiments.speedups import best, reach_tolerance, speedups
 from ptransfer.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,7 @@ def run_pair(base, source_prompt: str, source_name: str, target: str, seeds: Seq
             "init_optimizer": init_optimizer}
     metric = None
     tag = source_name + ("+opt" if init_optimizer == "source" else "")
+    curves = {}
     for seed in seeds:
         results = {}
         for kind, init in (("pt", base.init_from), ("tpt", f"{init_scheme}:{source_prompt}")):
@@ -85,7 +90,15 @@ def run_pair(base, source_prompt: str, source_name: str, target: str, seeds: Seq
             results[kind] = curve_of(result.curve, result.metric)
             pair[kind]["curves"][str(seed)] = [list(p) for p in results[kind]]
             pair[kind]["model_dirs"][str(seed)] = model_dir
-        pair["speedups"][str(seed)] = speedups(results["pt"], results["tpt"]).to_json()
+        curves[seed] = results
+    seed_bests = [best(c["pt"])[0] for c in curves.values() if c["pt"]]
+    reach = {}
+    for seed, results in curves.items():
+        pt_best = best(results["pt"])[0] if results["pt"] else 0.0
+        tol, source = reach_tolerance(pt_best, eval_size=base.eval_examples, seed_bests=seed_bests)
+        reach[str(seed)] = {"se": tol, "source": source}
+        pair["speedups"][str(seed)] = speedups(results["pt"], results["tpt"],
+                                               tolerance=tol).to_json()
     sp = pair["speedups"].values()
     firsts = [(pair["tpt"]["curves"][s][0][1] - pair["pt"]["curves"][s][0][1])
               for s in pair["pt"]["curves"] if pair["pt"]["curves"][s] and pair["tpt"]["curves"][s]]
@@ -95,6 +108,11 @@ def run_pair(base, source_prompt: str, source_name: str, target: str, seeds: Seq
         # N/A when any seed's TPT never reached PT's best (as the paper's tables).
         "mean_comparable_speedup": (None if any(s["comparable"] is None for s in sp)
                                     else _mean_or_none([s["comparable"] for s in sp])),
+        "mean_comparable_speedup_exact": (
+            None if any(s["comparable_exact"] is None for s in sp)
+            else _mean_or_none([s["comparable_exact"] for s in sp])),
+        # "reached" = within this many points (one SE) of PT's best, per seed
+        "reach_tolerance": reach,
         "pt_best": _mean_or_none([s["pt_best"] for s in sp]),
         "tpt_best": _mean_or_none([s["tpt_best"] for s in sp]),
         "head_start": _mean_or_none(firsts),

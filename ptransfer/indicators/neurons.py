@@ -2,8 +2,12 @@
 
 Each prompt is run through the frozen backbone on the same stimulus;
 `Backbone.ffn_activations` returns the FFN intermediate activations
-[num_layers, B, S, F] (which tensor counts as "the" activation for gated FFNs
-is documented by each family). They are binarized (> threshold, default 0),
+[num_layers, B, S, F]. Which value is binarized is the capture's `rule`
+(`Backbone.ffn_activation_rules`): for ReLU/GELU FFNs the activation, > 0
+exactly when the pre-activation is (the paper's "activated" neuron); for gated
+FFNs (SwiGLU, GeGLU) by default the gate's pre-activation ("gate": the gate
+is open), with the product act(gate) * up ("product") as an option. They are
+binarized (> threshold, default 0),
 restricted to chosen layers and positions, flattened over (layer, example,
 position, neuron), and compared by the cosine of the binary vectors:
 
@@ -126,6 +130,7 @@ class NeuronMasks:
     positions: object = "last"
     threshold: float = 0.0
     names: tuple[str, ...] | None = None
+    rule: str | None = None  # the FFN value binarized (`Backbone.ffn_activation_rules`)
 
     @property
     def num_layers(self) -> int:
@@ -146,6 +151,9 @@ def on_matrix(a: NeuronMasks, b: NeuronMasks | None = None, layers: LayerSpec = 
             f"ON compares neurons of one model, but these prompts come from different backbones "
             f"({a.backbone!r} vs {b.backbone!r}); project one prompt onto the other backbone "
             "(`ptransfer project apply`) and capture both there.")
+    if a.rule != b.rule:
+        raise ConfigError(f"neuron masks captured with FFN rules {a.rule!r} and {b.rule!r} "
+                          "cannot be compared; capture both with the same rule.")
     if a.masks.shape[1:] != b.masks.shape[1:] or a.positions != b.positions:
         raise ConfigError(
             f"neuron masks of shapes {a.masks.shape[1:]} (positions {a.positions!r}) and "
@@ -213,18 +221,21 @@ class ActivationCapture:
 
     `capture(params, prompts, inputs, inputs_mask)` returns NeuronMasks of the
     K prompts; prompts are fed one at a time through the same compiled function.
+    `rule` picks the FFN value (None: the backbone's default, `ffn_activation_rules`).
     """
 
-    def __init__(self, backbone, *, positions="last", threshold: float = 0.0):
+    def __init__(self, backbone, *, positions="last", threshold: float = 0.0,
+                 rule: str | None = None):
         import jax
 
         self.backbone = backbone
         self.positions = _check_positions(positions)
         self.threshold = float(threshold)
+        self.rule = backbone.ffn_rule(rule)
         self._fn = jax.jit(self._masks)
 
     def _masks(self, params, prompt, inputs, inputs_mask, threshold):
-        acts = self.backbone.ffn_activations(params, prompt, inputs, inputs_mask)
+        acts = self.backbone.ffn_activations(params, prompt, inputs, inputs_mask, rule=self.rule)
         acts, valid = select_positions(acts, self.positions, prompt.shape[0], inputs_mask,
                                        f"backbone {self.backbone.name!r}")
         return binarize(acts, threshold) & valid[None, :, :, None]
@@ -275,20 +286,20 @@ class ActivationCapture:
         if len({m.shape for m in out}) > 1:
             raise ConfigError(f"positions={self.positions!r} give masks of different shapes for "
                               "prompts of different lengths; use positions='last'.")
-        return NeuronMasks(np.stack(out), own, self.positions, self.threshold, names)
+        return NeuronMasks(np.stack(out), own, self.positions, self.threshold, names, self.rule)
 
 
 def capture_activation_masks(backbone, params, prompts, inputs, inputs_mask, *,
                              positions="last", threshold: float = 0.0, names=None,
-                             prompt_backbones=None, capture: ActivationCapture | None = None
-                             ) -> NeuronMasks:
+                             prompt_backbones=None, capture: ActivationCapture | None = None,
+                             rule: str | None = None) -> NeuronMasks:
     """Binary FFN activation masks of K prompts [K, L, D] on one stimulus.
 
     Compiles one function (or reuses `capture`'s) and loops over the prompts.
     Returns NeuronMasks with masks bool [K, num_layers, B, S', F].
     """
     if capture is None:
-        capture = ActivationCapture(backbone, positions=positions, threshold=threshold)
+        capture = ActivationCapture(backbone, positions=positions, threshold=threshold, rule=rule)
     elif capture.backbone is not backbone:
         raise ConfigError("the given ActivationCapture belongs to another backbone.")
     return capture(params, prompts, inputs, inputs_mask, names=names,

@@ -3,10 +3,13 @@
 For two prompts P1, P2 of shape [L, D] (Su et al., 2022, Sec. 6.1):
 
   E_concat  = 1 / (1 + ||flat(P1) - flat(P2)||)          flat: [L*D]
-  E_average = mean over all L x L token pairs (i, j) of 1 / (1 + ||p1_i - p2_j||)
+  E_average = 1 / (1 + mean over all L x L token pairs (i, j) of ||p1_i - p2_j||)
   C_concat  = cos(flat(P1), flat(P2))
   C_average = mean over all L x L token pairs (i, j) of cos(p1_i, p2_j)
 
+E_average follows the paper's formula and the official script
+(thunlp/Prompt-Transferability): the distances are averaged first, then
+mapped to a similarity; the mean of 1 / (1 + distance) is a different number.
 The cosine of a zero vector is defined as 0. C_average uses the identity
 mean_ij <u_i, v_j> = <mean_i u_i, mean_j v_j> for unit vectors u, v.
 Distances are computed from explicit differences (never from the
@@ -46,7 +49,7 @@ def e_average(p1, p2) -> jax.Array:
     p1, p2 = jnp.asarray(p1, jnp.float32), jnp.asarray(p2, jnp.float32)
     # [L1, L2]: distance of token i of p1 to token j of p2, one row at a time.
     dist = jax.lax.map(lambda tok: jnp.linalg.norm(p2 - tok, axis=-1), p1)
-    return jnp.mean(1.0 / (1.0 + dist))
+    return 1.0 / (1.0 + jnp.mean(dist))
 
 
 def c_concat(p1, p2) -> jax.Array:
@@ -71,7 +74,7 @@ def _e_average_matrix(a, b):
     def one_prompt(p):  # [L1, D] -> [K2]
         # [L1, K2, L2] distances of each token of p to every token of every b.
         dist = jax.lax.map(lambda tok: jnp.linalg.norm(b - tok, axis=-1), p)
-        return jnp.mean(1.0 / (1.0 + dist), axis=(0, 2))
+        return 1.0 / (1.0 + jnp.mean(dist, axis=(0, 2)))
 
     return jax.lax.map(one_prompt, a)
 

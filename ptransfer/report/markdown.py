@@ -138,24 +138,45 @@ def _reading_tpt(tpt: dict) -> list[str]:
     return out
 
 
+def _ci_text(ci) -> str:
+    return "" if not ci else f" [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
+def _headline_spearman(ind: dict) -> tuple[dict[str, float], str]:
+    """(indicator -> headline rho, what it is): the mean over targets of the per-target
+    rho when the JSON has it, else the pooled rho."""
+    mean = {k: v for k, v in ind["spearman"].get("mean_per_target", {}).items()
+            if v is not None and not math.isnan(v)}
+    if mean:
+        return mean, "mean over targets of the per-target Spearman"
+    return ({k: v for k, v in ind["spearman"]["overall"].items()
+             if v is not None and not math.isnan(v)}, "Spearman over pooled pairs")
+
+
 def _reading_indicators(ind: dict) -> list[str]:
-    overall = {k: v for k, v in ind["spearman"]["overall"].items()
-               if v is not None and not math.isnan(v)}
+    overall, what = _headline_spearman(ind)
     if not overall:
         return ["No indicator correlation could be computed (too few pairs)."]
+    summary = ind["spearman"].get("summary", {})
+    ci = {k: _ci_text(summary.get(k, {}).get("mean_per_target_ci")) for k in overall}
     best = max(overall, key=overall.get)
-    emb = {k: v for k, v in overall.items() if k != "ON"}
+    # ON under another FFN rule (ON_product) is not an embedding similarity
+    emb = {k: v for k, v in overall.items() if not k.startswith("ON")}
     out = [f"The indicator most correlated with measured transfer is {best} "
-           f"(Spearman {overall[best]:+.2f})."]
+           f"({what} {overall[best]:+.2f}{ci[best]}, 95% bootstrap interval)."]
     if "ON" in overall and emb:
         best_emb = max(emb, key=emb.get)
         if overall["ON"] > emb[best_emb]:
-            out.append(f"ON ({overall['ON']:+.2f}) beats the best embedding similarity "
-                       f"{best_emb} ({emb[best_emb]:+.2f}), as the paper found.")
+            out.append(f"ON ({overall['ON']:+.2f}{ci['ON']}) beats the best embedding similarity "
+                       f"{best_emb} ({emb[best_emb]:+.2f}{ci[best_emb]}), as the paper found.")
         else:
-            out.append(f"ON ({overall['ON']:+.2f}) does not beat the best embedding similarity "
-                       f"{best_emb} ({emb[best_emb]:+.2f}) here: the paper's finding did not "
-                       "reproduce on this model and these tasks.")
+            out.append(f"ON ({overall['ON']:+.2f}{ci['ON']}) does not beat the best embedding "
+                       f"similarity {best_emb} ({emb[best_emb]:+.2f}{ci[best_emb]}) here: the "
+                       "paper's finding did not reproduce on this model and these tasks.")
+    dropped = sorted({t for v in summary.values() for t in v.get("dropped_targets", {})})
+    if dropped:
+        out.append("Left out of the mean over targets (every source ties, or too few sources): "
+                   + ", ".join(dropped) + ".")
     retrieval = {k: v for k, v in ind.get("retrieval", {}).items() if v.get("targets")}
     if retrieval:
         parts = [f"{k} {v['hits']}/{v['targets']}" for k, v in retrieval.items()]
@@ -211,11 +232,15 @@ def write_report(results_dir: str, out_path: str | None = None) -> str:
 
     if tpt:
         md += ["## Transfer as initialization", "",
+               "TPT reaches PT's best when it scores within one standard error of it (the "
+               "binomial SE on the evaluation subset, else the spread over seeds); the "
+               "exact-match speedup (TPT ≥ PT's best) is shown beside it.", "",
                _table(["source → target", "seeds", "head start at step 0", "conv. speedup",
-                       "comparable speedup", "PT best", "TPT best"],
+                       "comparable speedup", "comparable (exact)", "PT best", "TPT best"],
                       [[f"{p['source']} → {p['target']}", len(p["pt"]["curves"]),
                         p.get("head_start"), p.get("mean_convergence_speedup"),
-                        p.get("mean_comparable_speedup"), p.get("pt_best"), p.get("tpt_best")]
+                        p.get("mean_comparable_speedup"), p.get("mean_comparable_speedup_exact"),
+                        p.get("pt_best"), p.get("tpt_best")]
                        for p in tpt["pairs"]]), ""]
         for p in tpt["pairs"]:
             name = f"curves_{p['source']}_to_{p['target']}.png"
@@ -224,12 +249,20 @@ def write_report(results_dir: str, out_path: str | None = None) -> str:
 
     if ind:
         plots.indicator_scatter(ind, path("indicator_scatter.png"))
+        summary = ind["spearman"].get("summary", {})
+        per_t = list(ind["spearman"]["per_target"].get("ON", {}))
         md += ["## Transferability indicators", "",
                "Spearman correlation between each indicator and measured relative transfer "
-               "(off-diagonal pairs):", "",
-               _table(["indicator", "overall"] + list(ind["spearman"]["per_target"].get("ON", {})),
-                      [[k, v] + [ind["spearman"]["per_target"].get(k, {}).get(t)
-                                 for t in ind["spearman"]["per_target"].get("ON", {})]
+               "(self pairs excluded): per target over its sources, their mean over targets "
+               "(the headline), and all pairs pooled, with 95% bootstrap intervals"
+               + (f" (resampling the {next(iter(summary.values()))['resampled']})"
+                  if summary else "") + ". ON's activated neuron: "
+               + str(ind.get("on_rule", "pre-activation > 0")) + " rule.", "",
+               _table(["indicator", "mean over targets", "pooled"] + per_t,
+                      [[k, f"{_fmt(summary.get(k, {}).get('mean_per_target'), 2)}"
+                        f"{_ci_text(summary.get(k, {}).get('mean_per_target_ci'))}",
+                        f"{_fmt(v, 2)}{_ci_text(summary.get(k, {}).get('pooled_ci'))}"]
+                       + [ind["spearman"]["per_target"].get(k, {}).get(t) for t in per_t]
                        for k, v in ind["spearman"]["overall"].items()]), "",
                "![indicator scatter](indicator_scatter.png)", ""]
         if ind["spearman"].get("windows"):
