@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from ptransfer.core.errors import CheckpointError, ConfigError, DataError
 from ptransfer.bank import store as bank
 from ptransfer.cli.bank import main as bank_main
+from ptransfer.core.errors import CheckpointError, ConfigError, DataError
 
 META = {"init": "random_uniform", "steps": 300, "best_score": 0.8, "metric": "accuracy",
         "seed": 0}
