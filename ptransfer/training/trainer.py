@@ -33,10 +33,13 @@ checkpoint is saved, and the error names the step and that checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import logging
 import math
 import os
+import socket
 import time
 
 import gin
@@ -286,9 +289,7 @@ class Trainer:
     # -- run ------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        import jax
-        import jax.numpy as jnp
-
+        """Checks everything that needs no model, takes the model dir's lock, trains."""
         cfg = self.cfg
         t_start = time.perf_counter()
         spec = self._task_spec()
@@ -296,7 +297,14 @@ class Trainer:
         model_dir = fileio.abspath(os.path.expanduser(cfg.model_dir))
         identity = cfg.identity(init_desc)
         checkpointing.check_run_identity(model_dir, identity, write=False)
+        with hold_model_dir(model_dir, enabled=_primary()):
+            return self._run(t_start, spec, init_desc, model_dir, identity)
 
+    def _run(self, t_start, spec, init_desc, model_dir, identity) -> TrainResult:
+        import jax
+        import jax.numpy as jnp
+
+        cfg = self.cfg
         mesh = self._mesh()
         backbone, params = self._load_backbone(mesh)
         task, mlm = data.load_task(cfg.task, backbone, cfg.data_dir)
@@ -480,6 +488,42 @@ class Trainer:
         }
         return bank.write_entry(bank_dir, backbone.name, cfg.task, run, prompt, meta,
                                 records, overwrite=overwrite)
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def hold_model_dir(model_dir: str, *, enabled: bool = True):
+    """One live run per local model dir: an exclusive flock on <model_dir>/.lock
+    for the run's lifetime, or one ConfigError naming the holder.
+
+    The OS releases the lock when its process dies (even by kill -9), so a
+    stale .lock of a dead run is taken over without any check; the file only
+    records the holder (host, pid, start) for the message. A remote model
+    dir (gs://) cannot be locked: there the rule is one job per MODEL_DIR.
+    """
+    if not enabled or fileio.is_remote(model_dir):
+        yield
+        return
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(
+                f"model dir {model_dir} is in use by another live run ({holder}); wait for it "
+                "to finish, stop it, or give this run another MODEL_DIR.") from None
+        holder = (f"host {socket.gethostname()}, pid {os.getpid()}, started "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _nonfinite_message(loss: float, step: int, ckpt) -> str:
