@@ -283,8 +283,22 @@ class Trainer:
         return bb, bb.params
 
     def bank_run_name(self) -> str:
-        return bank.safe_name(self.cfg.run_name
-                              or os.path.basename(os.path.normpath(self.cfg.model_dir)))
+        """RUN_NAME as given (checked, never rewritten), else the model dir's base
+        name made safe (`bank.safe_name`)."""
+        if self.cfg.run_name is not None:
+            return bank.check_name("run (RUN_NAME)", self.cfg.run_name)
+        return bank.safe_name(os.path.basename(os.path.normpath(self.cfg.model_dir)))
+
+    def _check_outputs(self) -> None:
+        """Every name and output path check that needs no model, so that a bad one
+        fails before anything is loaded or trained."""
+        bank.check_name("task", self.cfg.task)
+        self.bank_run_name()
+        bank_dir = self.cfg.bank_dir or fileio.join(self.cfg.model_dir, "bank")
+        for path, what in ((self.cfg.model_dir, "MODEL_DIR"), (bank_dir, "BANK_DIR")):
+            if fileio.exists(path) and not fileio.isdir(path):
+                raise ConfigError(f"{what} {path!r} exists and is not a directory; remove it "
+                                  f"or choose another {what}.")
 
     # -- run ------------------------------------------------------------------
 
@@ -293,6 +307,7 @@ class Trainer:
         cfg = self.cfg
         t_start = time.perf_counter()
         spec = self._task_spec()
+        self._check_outputs()
         init_desc = prompts.describe_init(cfg.init_from)
         model_dir = fileio.abspath(os.path.expanduser(cfg.model_dir))
         identity = cfg.identity(init_desc)
