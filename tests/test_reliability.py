@@ -80,3 +80,74 @@ def test_second_live_run_on_one_model_dir_is_refused(tmp_path):
     # The dead run's lock is released by the OS: the next run takes it over.
     with trainer.hold_model_dir(model_dir):
         pass
+
+
+def test_divergence_on_the_final_update_is_caught(data_dir, tmp_path, monkeypatch):
+    from ptransfer.training import checkpointing
+
+    register_tiny_yesno(monkeypatch)
+    bb = backbone("t5_tiny", 6.0)
+    # The largest float32 rate is accepted; Adafactor's clipped update reaches 1.0000001,
+    # so the update overflows to +-inf at step 1 while that step's loss (computed
+    # before the update) is finite.
+    import numpy as np
+
+    cfg = tiny_config(tmp_path / "run", data_dir, train_steps=1, eval_every=0,
+                      optimizer=OptimizerConfig(learning_rate=float(np.finfo(np.float32).max)))
+    with pytest.raises(trainer.NonFiniteLossError) as err:
+        Trainer(cfg, backbone=bb).run()
+    msg = str(err.value)
+    assert "prompt or optimizer state became NaN or inf after the update at step 1" in msg
+    assert "rerunning the same command diverges again" in msg and "new MODEL_DIR" in msg
+    assert "resumes" not in msg
+    assert 1 not in checkpointing.Checkpointer(str(tmp_path / "run")).all_steps()
+    assert not (tmp_path / "run" / "prompt.npy").exists()
+    assert not (tmp_path / "run" / "bank").exists()
+
+
+@pytest.mark.parametrize("rate", [1e39, float("inf"), float("nan"), 0.0, -0.1, 1e-46, "0.1"])
+def test_learning_rate_must_be_a_finite_positive_float32(data_dir, tmp_path, rate):
+    from ptransfer.training.optimizer import optimizer_config
+
+    with pytest.raises(ConfigError, match="is not a finite positive float32"):
+        tiny_config(tmp_path / "run", data_dir,
+                    optimizer=OptimizerConfig(learning_rate=rate)).validate()
+    with pytest.raises(ConfigError, match="is not a finite positive float32"):
+        optimizer_config("adamw_t5", learning_rate=rate)
+
+
+def test_nonfinite_prompts_are_refused_where_read(tmp_path):
+    import numpy as np
+
+    from ptransfer import prompts
+    from ptransfer.core.errors import CheckpointError
+
+    bb = backbone("t5_tiny")
+    bad = np.zeros((4, bb.d_model), np.float32)
+    bad[1, 2] = -np.inf
+    np.save(tmp_path / "inf.npy", bad)
+    with pytest.raises(CheckpointError, match="NaN or inf"):  # init and eval read this way
+        prompts.init_prompt(str(tmp_path / "inf.npy"), bb, 4)
+    from ptransfer.cli.main import main as cli_main
+
+    code = cli_main(["bank", "import", str(tmp_path / "inf.npy"), "--bank", str(tmp_path / "b"),
+                     "--backbone", "t5_tiny", "--task", "mr", "--run", "x"])
+    assert code == 2 and not (tmp_path / "b" / "t5_tiny" / "mr" / "x").exists()
+
+
+def test_bad_hf_directories_get_one_clear_message(tmp_path):
+    from ptransfer.backbones import load_backbone
+    from ptransfer.core.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="hf: directory .* does not exist"):
+        load_backbone(f"hf:{tmp_path / 'nowhere'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no config.json in"):
+        load_backbone(f"hf:{tmp_path / 'empty'}")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text('{"architectures": ["LlamaForCausalLM"],')
+    with pytest.raises(CheckpointError, match="config.json is not valid JSON"):
+        load_backbone(f"hf:{tmp_path / 'bad'}")
+    (tmp_path / "bad" / "config.json").write_text('["LlamaForCausalLM"]')
+    with pytest.raises(CheckpointError, match="config.json is not a JSON object"):
+        load_backbone(f"hf:{tmp_path / 'bad'}")

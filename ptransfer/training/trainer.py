@@ -27,8 +27,13 @@ position; the batch iterator restarts at that position. A run killed at any
 moment and started again with the same command ends with a prompt bitwise
 equal to an uninterrupted run's (on a fixed machine and device count).
 
-A non-finite loss stops the run at once: nothing after the last good
-checkpoint is saved, and the error names the step and that checkpoint.
+A non-finite loss, or a prompt / optimizer state that the update made
+non-finite (checked after every step, so a divergence on the last step is
+caught too), stops the run at once: nothing after the last good checkpoint
+is saved, and the error names the step and that checkpoint.
+
+One live run per local model dir: `hold_model_dir` flocks <model_dir>/.lock
+from before the backbone is loaded until the run ends.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import logging
 import math
 import os
@@ -47,7 +53,8 @@ import numpy as np
 
 import tasks
 from ptransfer import data, prompts, scoring
-from ptransfer.backbones import check_compute_dtype, configure_backbone, load_backbone
+from ptransfer.backbones import (check_backbone_spec, check_compute_dtype, configure_backbone,
+                                 load_backbone)
 from ptransfer.backbones.layers import check_remat
 from ptransfer.bank import store as bank
 from ptransfer.core import distributed, fileio, sharding
@@ -154,6 +161,7 @@ class TrainConfig:
             check_compute_dtype(self.compute_dtype, "TrainConfig.compute_dtype (COMPUTE_DTYPE)")
         if self.remat is not None:
             check_remat(self.remat, "TrainConfig.remat (REMAT)")
+        self.optimizer.validate()
         return self
 
     def identity(self, init: str | None = None) -> dict:
@@ -292,6 +300,8 @@ class Trainer:
     def _check_outputs(self) -> None:
         """Every name and output path check that needs no model, so that a bad one
         fails before anything is loaded or trained."""
+        if self._backbone is None:
+            check_backbone_spec(self.cfg.backbone)
         bank.check_name("task", self.cfg.task)
         self.bank_run_name()
         bank_dir = self.cfg.bank_dir or fileio.join(self.cfg.model_dir, "bank")
@@ -434,7 +444,12 @@ class Trainer:
                 step += 1
                 loss_value = float(loss)
                 if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(_nonfinite_message(loss_value, step, ckpt))
+                    raise NonFiniteLossError(_nonfinite_message(f"training loss became {loss_value}",
+                                                                step, ckpt))
+                if not _all_finite((prompt, opt_state)):  # the update itself can overflow
+                    raise NonFiniteLossError(_nonfinite_message(
+                        "the prompt or optimizer state became NaN or inf after the update", step,
+                        ckpt))
                 progress.update(step, loss_value)
                 if writer_on and cfg.log_every and step % cfg.log_every == 0:
                     tb.scalars("train", step, {"loss": loss_value})
@@ -541,13 +556,33 @@ def hold_model_dir(model_dir: str, *, enabled: bool = True):
         os.close(fd)  # releases the lock
 
 
-def _nonfinite_message(loss: float, step: int, ckpt) -> str:
+def _nonfinite_message(what: str, step: int, ckpt) -> str:
     good = ckpt.latest_step()
-    where = (f"The last good checkpoint is step {good} in {ckpt.directory}; rerunning the same "
-             "command resumes from it." if good is not None else "No checkpoint was saved before it.")
-    return (f"training loss became {loss} at step {step}; stopped without saving that state. "
-            f"{where} Lower the learning rate (--gin.LEARNING_RATE=...), clip gradients "
-            "(--gin.CLIP_NORM=1.0) or check the prompt initialization.")
+    where = (f"The last good checkpoint is step {good} in {ckpt.directory}."
+             if good is not None else "No checkpoint was saved before it.")
+    return (f"{what} at step {step}; stopped without saving that state. {where} Training is "
+            "deterministic, so rerunning the same command diverges again, and this model dir "
+            "keeps its optimizer settings. Start a new MODEL_DIR with a lower learning rate "
+            "(--gin.LEARNING_RATE=...) or gradient clipping (--gin.CLIP_NORM=1.0), or check the "
+            "prompt initialization (INIT_FROM).")
+
+
+@functools.lru_cache(maxsize=None)
+def _finite_fn():
+    import jax
+    import jax.numpy as jnp
+
+    return jax.jit(lambda leaves: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])))
+
+
+def _all_finite(tree) -> bool:
+    """True when every float leaf of `tree` is finite (one small jitted reduction)."""
+    import jax
+    import jax.numpy as jnp
+
+    leaves = [x for x in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    return bool(_finite_fn()(leaves)) if leaves else True
 
 
 def build_train_config() -> TrainConfig:
