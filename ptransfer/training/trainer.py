@@ -52,9 +52,8 @@ import gin
 import numpy as np
 
 import tasks
-from ptransfer import data, prompts, scoring
-from ptransfer.backbones import (check_backbone_spec, check_compute_dtype, configure_backbone,
-                                 load_backbone)
+from ptransfer import backbones, data, prompts, scoring
+from ptransfer.backbones import check_compute_dtype, configure_backbone, load_backbone
 from ptransfer.backbones.layers import check_remat
 from ptransfer.bank import store as bank
 from ptransfer.core import distributed, fileio, sharding
@@ -301,7 +300,7 @@ class Trainer:
         """Every name and output path check that needs no model, so that a bad one
         fails before anything is loaded or trained."""
         if self._backbone is None:
-            check_backbone_spec(self.cfg.backbone)
+            backbones.check_backbone_spec(self.cfg.backbone)
         bank.check_name("task", self.cfg.task)
         self.bank_run_name()
         bank_dir = self.cfg.bank_dir or fileio.join(self.cfg.model_dir, "bank")
