@@ -281,3 +281,20 @@ def test_concurrent_overwriters_all_succeed_cleanly(tmp_path):
     outs, winner = _race(tmp_path, 10, overwrite=True)
     assert winner in range(10)
     assert all(rc == 0 and err == "" for rc, _, err in outs), outs
+
+
+def test_one_corrupt_meta_blocks_no_other_entry(tmp_path):
+    root = str(tmp_path / "bank")
+    good = bank.write_entry(root, "t5_tiny", "mr", "good", _prompt(), META, [])
+    bad = bank.write_entry(root, "t5_tiny", "mr", "bad", _prompt(1), META, [])
+    with open(os.path.join(bad, "meta.json"), "w") as f:
+        f.write("{not json")
+    assert [e.ref for e in bank.list_entries(root)] == ["t5_tiny/mr/good"]
+    entries, problems = bank.scan_entries(root)
+    assert [p for p, _ in problems] == [bad] and "unreadable meta.json" in problems[0][1]
+    assert bank.find_entry(root, "t5_tiny", "mr").path == good  # the only good run
+    out = subprocess.run([sys.executable, "-m", "ptransfer.cli.main", "bank", "list", "--bank",
+                          root], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert "good" in out.stdout and bad in out.stderr and "skipping bank entry" in out.stderr

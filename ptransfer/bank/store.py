@@ -44,6 +44,7 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -67,6 +68,8 @@ ENTRY_FILES = (PROMPT_FILE, META_FILE, METRICS_FILE)
 # Keys the writer must supply (a value may be None when unknown, e.g. for an
 # imported prompt); backbone, task, run, prompt_length and d_model are filled in.
 REQUIRED_META = ("init", "steps", "best_score", "metric", "seed")
+
+log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}")
 
@@ -358,15 +361,28 @@ def list_entries(bank_dir: str, backbone: str | None = None, task: str | None = 
     """Complete entries, sorted by (backbone, task, run), optionally filtered.
 
     `require=True` turns "no entries" into a DataError naming what the bank
-    does hold. Incomplete and hidden directories are never listed.
+    does hold. Incomplete and hidden directories are never listed; a complete
+    entry whose meta.json is unreadable is left out with a warning naming its
+    path (`scan_entries` returns those too), so one bad entry blocks no other.
     """
+    entries, bad = scan_entries(bank_dir, backbone, task)
+    for path, message in bad:
+        log.warning("skipping bank entry %s: %s", path, message)
+    if require and not entries:
+        raise DataError(_empty_message(bank_dir, backbone, task))
+    return entries
+
+
+def scan_entries(bank_dir: str, backbone: str | None = None, task: str | None = None
+                 ) -> tuple[list[BankEntry], list[tuple[str, str]]]:
+    """(good complete entries, [(path, problem)] of complete entries whose meta is unreadable)."""
     if not fileio.isdir(bank_dir):
         raise DataError(f"prompt bank {bank_dir!r} does not exist; train prompts first "
                         "(`ptransfer train` writes them there) or pass the right --bank.")
     for kind, name in (("backbone", backbone), ("task", task)):
         if name is not None:
             check_name(kind, name)
-    out = []
+    out, bad = [], []
     for bb in _subdirs(bank_dir):
         if backbone is not None and bb != backbone:
             continue
@@ -376,10 +392,11 @@ def list_entries(bank_dir: str, backbone: str | None = None, task: str | None = 
             for run in _subdirs(fileio.join(bank_dir, bb, tk)):
                 path = fileio.join(bank_dir, bb, tk, run)
                 if is_complete(path):
-                    out.append(BankEntry(path, bb, tk, run, _read_meta(path)))
-    if require and not out:
-        raise DataError(_empty_message(bank_dir, backbone, task))
-    return out
+                    try:
+                        out.append(BankEntry(path, bb, tk, run, _read_meta(path)))
+                    except CheckpointError as e:
+                        bad.append((path, str(e)))
+    return out, bad
 
 
 def _empty_message(bank_dir, backbone, task) -> str:
