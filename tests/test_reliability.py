@@ -151,3 +151,4 @@ def test_bad_hf_directories_get_one_clear_message(tmp_path):
     (tmp_path / "bad" / "config.json").write_text('["LlamaForCausalLM"]')
     with pytest.raises(CheckpointError, match="config.json is not a JSON object"):
         load_backbone(f"hf:{tmp_path / 'bad'}")
+

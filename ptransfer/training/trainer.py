@@ -321,10 +321,10 @@ class Trainer:
         model_dir = fileio.abspath(os.path.expanduser(cfg.model_dir))
         identity = cfg.identity(init_desc)
         checkpointing.check_run_identity(model_dir, identity, write=False)
-        with hold_model_dir(model_dir, enabled=_primary()):
-            return self._run(t_start, spec, init_desc, model_dir, identity)
+        with hold_model_dir(model_dir, enabled=_primary()), contextlib.ExitStack() as cleanup:
+            return self._run(t_start, spec, init_desc, model_dir, identity, cleanup)
 
-    def _run(self, t_start, spec, init_desc, model_dir, identity) -> TrainResult:
+    def _run(self, t_start, spec, init_desc, model_dir, identity, cleanup) -> TrainResult:
         import jax
         import jax.numpy as jnp
 
@@ -336,7 +336,8 @@ class Trainer:
         lengths = {"inputs": cfg.input_length, "targets": cfg.target_length}
         # The training stream first: an empty or missing split stops here, before any
         # evaluation set is built or anything is compiled.
-        ckpt = checkpointing.Checkpointer(model_dir, keep=cfg.keep_checkpoints)
+        # closed on every exit, so a data error is not followed by orbax's shutdown traceback
+        ckpt = cleanup.enter_context(checkpointing.Checkpointer(model_dir, keep=cfg.keep_checkpoints))
         latest = ckpt.latest_step()
         start = min(latest or 0, cfg.train_steps)
         shard_index, num_shards = distributed.host_shard_info(mesh)
