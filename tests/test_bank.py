@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from ptransfer.core.errors import CheckpointError, ConfigError, DataError
 from ptransfer.bank import store as bank
 from ptransfer.cli.bank import main as bank_main
+from ptransfer.core.errors import CheckpointError, ConfigError, DataError
 
 META = {"init": "random_uniform", "steps": 300, "best_score": 0.8, "metric": "accuracy",
         "seed": 0}
@@ -223,3 +223,78 @@ def test_cli_list_show_export_import(tmp_path, capsys):
     assert meta["init"] == "import:peft" and meta["provenance"]["peft_config"]["token_dim"] == 6
     assert bank_main(["bank", "show", "--bank", root, "bb/mr"]) == 2  # two runs: ambiguous
     assert "name one" in capsys.readouterr().err
+
+
+_RACER = textwrap.dedent("""
+    import os, sys, time
+    import numpy as np
+    from ptransfer.bank import store as bank
+    from ptransfer.core.errors import PtransferError
+    root, go, i, overwrite = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+    prompt = np.full((4, 6), float(i), np.float32)
+    meta = {"init": "random_uniform", "steps": 1, "best_score": None, "metric": None,
+            "seed": i, "provenance": {"model_dir": f"/runs/writer{i}"}}
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    try:
+        for _ in range(10 if overwrite else 1):  # overwriters: many swaps, many collisions
+            bank.write_entry(root, "t5_tiny", "mr", "race", prompt, meta, [{"step": i}],
+                             overwrite=overwrite)
+    except PtransferError as e:
+        print("REFUSED", e)
+        sys.exit(3)
+    print("WON", i)
+""")
+
+
+def _race(tmp_path, n, overwrite):
+    root, go = str(tmp_path / "bank"), str(tmp_path / "go")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    if overwrite:  # the writers replace an existing entry
+        bank.write_entry(root, "t5_tiny", "mr", "race", _prompt(), dict(META, seed=99), [])
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, root, go, str(i),
+                               "1" if overwrite else "0"], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(n)]
+    time.sleep(1.5)  # every writer imported and polling
+    open(go, "w").close()
+    outs = [(p.wait(timeout=60), *p.communicate()) for p in procs]
+    task_dir = os.path.join(root, "t5_tiny", "mr")
+    assert sorted(os.listdir(task_dir)) == ["race"], "temp or trash directories left behind"
+    prompt, meta, rows = bank.read_entry(os.path.join(task_dir, "race"))
+    assert prompt[0, 0] == meta["seed"] and rows == [{"step": meta["seed"]}]
+    return outs, meta["seed"]
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_concurrent_creators_exactly_one_wins(tmp_path, trial):
+    outs, winner = _race(tmp_path, 6, overwrite=False)
+    won = [out for rc, out, _ in outs if rc == 0]
+    assert won == [f"WON {winner}\n"], outs
+    for rc, out, err in outs:
+        if rc != 0:
+            assert rc == 3 and err == "", (out, err)
+            assert out.startswith("REFUSED bank entry t5_tiny/mr/race already exists"), out
+            assert f"/runs/writer{winner}" in out, out
+
+
+def test_concurrent_overwriters_all_succeed_cleanly(tmp_path):
+    outs, winner = _race(tmp_path, 10, overwrite=True)
+    assert winner in range(10)
+    assert all(rc == 0 and err == "" for rc, _, err in outs), outs
+
+
+def test_one_corrupt_meta_blocks_no_other_entry(tmp_path):
+    root = str(tmp_path / "bank")
+    good = bank.write_entry(root, "t5_tiny", "mr", "good", _prompt(), META, [])
+    bad = bank.write_entry(root, "t5_tiny", "mr", "bad", _prompt(1), META, [])
+    with open(os.path.join(bad, "meta.json"), "w") as f:
+        f.write("{not json")
+    assert [e.ref for e in bank.list_entries(root)] == ["t5_tiny/mr/good"]
+    entries, problems = bank.scan_entries(root)
+    assert [p for p, _ in problems] == [bad] and "unreadable meta.json" in problems[0][1]
+    assert bank.find_entry(root, "t5_tiny", "mr").path == good  # the only good run
+    out = subprocess.run([sys.executable, "-m", "ptransfer.cli.main", "bank", "list", "--bank",
+                          root], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert "good" in out.stdout and bad in out.stderr and "skipping bank entry" in out.stderr

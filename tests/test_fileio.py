@@ -276,8 +276,9 @@ def test_trainer_writes_its_bank_entry_to_ram(ram, tmp_path, monkeypatch):
     assert meta["provenance"]["model_dir"] == str(model_dir)
     assert [e.ref for e in bank.list_entries(f"{ram}/bank")] == ["t5_tiny/tiny_yesno/seed0"]
     assert not (model_dir / "bank").exists()
-    assert sorted(os.listdir(model_dir)) == ["best_prompt.npy", "checkpoints", "metrics.jsonl",
-                                             "prompt.npy", "run_identity.json", "tb"]
+    assert sorted(os.listdir(model_dir)) == [".lock", "best_prompt.npy", "checkpoints",
+                                             "metrics.jsonl", "prompt.npy", "run_identity.json",
+                                             "tb"]
 
 
 def test_bank_cli_on_a_ram_bank(ram, tmp_path, capsys):

@@ -166,35 +166,70 @@ def load_backbone(spec: str, *, dtype=None, mesh=None, seed: int = 0,
     return configure_backbone(backbone, compute_dtype=compute_dtype, remat=remat)
 
 
-def _load(spec: str, *, dtype, mesh, seed: int):
+def _hf_family(directory: str) -> str:
+    """The family of an hf: directory from its config.json, or one error saying what is wrong."""
+    config_path = os.path.join(directory, "config.json")
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"hf: directory {directory!r} does not exist; give the directory "
+                              "that holds config.json and model.safetensors.")
+    if not os.path.isfile(config_path):
+        raise CheckpointError(f"no config.json in {directory!r}: an hf: spec needs a directory "
+                              "with config.json and model.safetensors (or a sharded index).")
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{config_path} is not valid JSON ({e}); restore the model's "
+                              "original config.json.") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path} is not a JSON object; restore the model's "
+                              "original config.json.")
+    archs = config.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs else "?"
+    for fam in FAMILY_MODULES:
+        if arch in _family(fam).HF_ARCHITECTURES:
+            return fam
+    known = [a for fam in FAMILY_MODULES for a in _family(fam).HF_ARCHITECTURES]
+    raise CheckpointError(f"{config_path}: architecture {arch!r} is not supported; "
+                          f"supported: {', '.join(known)}.")
+
+
+def check_backbone_spec(spec) -> str:
+    """The resolved spec, after every check that reads no weights (form, preset name,
+    asset file, hf: directory and its config.json), or one ConfigError/CheckpointError."""
+    if not isinstance(spec, str):
+        raise ConfigError(f"backbone spec {spec!r} must be a string such as 'preset:t5_tiny'.")
+    spec = resolve_backbone_spec(spec)
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise ConfigError(f"backbone spec {spec!r} has no form; use preset:<name>, hf:<dir>, "
                           "t5x:<preset>:<dir> or gguf:<file>.")
-    kw = dict(dtype=dtype, mesh=mesh)
     if kind == "preset":
         presets = all_presets()
         if rest not in presets:
             raise ConfigError(f"unknown preset {rest!r}." + close_matches_hint(rest, presets))
-        return _family(presets[rest]).from_preset(rest, seed=seed, **kw)
-    if kind == "hf":
-        config_path = os.path.join(rest, "config.json")
-        if not os.path.isfile(config_path):
-            raise CheckpointError(f"no config.json in {rest!r}: an hf: spec needs a directory with "
-                                  "config.json and model.safetensors (or a sharded index).")
-        with open(config_path) as f:
-            arch = (json.load(f).get("architectures") or ["?"])[0]
-        for fam in FAMILY_MODULES:
-            if arch in _family(fam).HF_ARCHITECTURES:
-                return _family(fam).from_hf(rest, **kw)
-        known = [a for fam in FAMILY_MODULES for a in _family(fam).HF_ARCHITECTURES]
-        raise CheckpointError(f"{config_path}: architecture {arch!r} is not supported; "
-                              f"supported: {', '.join(known)}.")
-    if kind == "t5x":
-        preset, sep, ckpt = rest.partition(":")
-        if not sep:
+    elif kind == "hf":
+        _hf_family(rest)
+    elif kind == "t5x":
+        if not rest.partition(":")[1]:
             raise ConfigError(f"t5x spec {spec!r} needs a preset: t5x:<preset>:<checkpoint_dir>, "
                               "e.g. t5x:t5_1_1_base:/ckpts/checkpoint_1000000.")
+    elif kind != "gguf":
+        raise ConfigError(f"backbone spec {spec!r}: unknown form {kind!r}; use preset:, hf:, "
+                          "t5x: or gguf:.")
+    return spec
+
+
+def _load(spec: str, *, dtype, mesh, seed: int):
+    spec = check_backbone_spec(spec)
+    kind, _, rest = spec.partition(":")
+    kw = dict(dtype=dtype, mesh=mesh)
+    if kind == "preset":
+        return _family(all_presets()[rest]).from_preset(rest, seed=seed, **kw)
+    if kind == "hf":
+        return _family(_hf_family(rest)).from_hf(rest, **kw)
+    if kind == "t5x":
+        preset, _, ckpt = rest.partition(":")
         return _family("t5").from_t5x(ckpt, preset, **kw)
     if kind == "gguf":
         arch = architecture_of(rest)
@@ -202,4 +237,3 @@ def _load(spec: str, *, dtype, mesh, seed: int):
             raise CheckpointError(f"{rest}: GGUF architecture {arch!r} is not supported; supported: "
                                   f"{', '.join(GGUF_ARCHITECTURES)}.")
         return _family(GGUF_ARCHITECTURES[arch]).from_gguf(rest, **kw)
-    raise ConfigError(f"backbone spec {spec!r}: unknown form {kind!r}; use preset:, hf:, t5x: or gguf:.")

@@ -17,7 +17,11 @@ Layout (one entry per run; several seeds of a task are several runs):
 
 Writes are atomic: everything goes into a hidden temp directory next to the
 final one (`.tmp-<run>-*`), each file and the directory are fsynced, then
-the temp directory is renamed into place. An entry counts only when its
+the temp directory is renamed into place under an exclusive flock on the
+task directory. Creation is exclusive: of several writers of one new entry
+exactly one wins and every other gets a CheckpointError naming the entry and
+the winner (its provenance and time); concurrent overwriters are serialized,
+the last one's entry stays. An entry counts only when its
 final directory holds COMPLETE, so a crash at any point leaves nothing that
 `list_entries` shows (at most a hidden `.tmp-*` directory, which is ignored
 and may be deleted). Names are restricted to [A-Za-z0-9._+=@-] not starting
@@ -30,16 +34,22 @@ the files are written straight into the entry directory (each via a temp
 object and a rename) and COMPLETE, with the files' sha256, is written last:
 a crash leaves an entry without COMPLETE, which is not listed and which the
 next write of that run replaces; an overwrite first deletes the old COMPLETE.
-Two writers of the same run at the same time are not detected remotely.
+Single-writer rule on gs://: an object store offers no exclusive rename and
+no lock, so two writers of the same run at the same time are not detected
+there; give concurrent jobs distinct run names (the trainer's default is the
+model dir's base name) when they share a remote bank.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -69,6 +79,8 @@ PROMPT_KINDS = ("exported", "best", "final")
 # Keys the writer must supply (a value may be None when unknown, e.g. for an
 # imported prompt); backbone, task, run, prompt_length and d_model are filled in.
 REQUIRED_META = ("init", "steps", "best_score", "metric", "seed")
+
+log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}")
 
@@ -203,6 +215,12 @@ def write_entry(bank_dir: str, backbone: str, task: str, run: str, prompt, meta:
         two renames lists neither); otherwise an existing entry is an error.
       extras: optional named float32 arrays, stored as `<name>.npy` with their
         checksums in COMPLETE (`read_extra`).
+
+    Local banks: creation is atomic and exclusive (one winner; every other
+    writer of the same new entry gets one CheckpointError naming the entry
+    and the winner), overwriters are serialized by a flock on the task
+    directory, and no .tmp-*/.trash-* directory is left behind. gs:// and
+    other object stores: single writer per entry (see the module docstring).
     """
     path = entry_dir(bank_dir, backbone, task, run)
     extra_files = _extra_arrays(extras)
@@ -226,9 +244,9 @@ def write_entry(bank_dir: str, backbone: str, task: str, run: str, prompt, meta:
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     _inside(bank_dir, parent)
-    if os.path.exists(path) and not overwrite:
-        raise CheckpointError(f"bank entry {backbone}/{task}/{run} already exists at {path}; "
-                              "choose another run name or overwrite it explicitly.")
+    ref = f"{backbone}/{task}/{run}"
+    if is_complete(path) and not overwrite:
+        raise _exists_error(ref, path)
     tmp = tempfile.mkdtemp(prefix=f".tmp-{run}-", dir=parent)
     try:
         digests = {PROMPT_FILE: _write_file(os.path.join(tmp, PROMPT_FILE), _npy_bytes(arr)),
@@ -245,22 +263,76 @@ def write_entry(bank_dir: str, backbone: str, task: str, run: str, prompt, meta:
         _write_file(os.path.join(tmp, COMPLETE_FILE),
                     (json.dumps({"sha256": digests}, indent=2, sort_keys=True) + "\n").encode())
         _fsync_dir(tmp)
-        if os.path.exists(path):  # overwrite: move the old entry aside, then swap
-            trash = os.path.join(parent, f".trash-{run}-{uuid.uuid4().hex[:8]}")
-            os.rename(path, trash)
-            os.rename(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            try:
-                os.rename(tmp, path)
-            except OSError:
-                raise CheckpointError(f"bank entry {backbone}/{task}/{run} appeared at {path} "
-                                      "while writing (another writer?); not replacing it.") from None
+        with _locked(parent):
+            _swap_in(tmp, path, parent, run, ref, overwrite)
         _fsync_dir(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def _locked(directory: str):
+    """An exclusive flock on `directory` (a task's directory) for the final swap.
+
+    The OS drops the lock when its holder dies, so a killed writer never
+    leaves a stale lock, and nothing is left on disk.
+    """
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _swap_in(tmp: str, path: str, parent: str, run: str, ref: str, overwrite: bool) -> None:
+    """Renames the finished `tmp` to `path` (caller holds `_locked(parent)`).
+
+    Without overwrite the rename itself is the exclusive step: renaming a
+    directory onto a non-empty one fails, so of several writers exactly one
+    wins even without the lock. With overwrite the old entry is moved to a
+    hidden .trash-* directory first and deleted after the swap.
+    """
+    for stale in os.listdir(parent):  # left by a writer killed between the two renames
+        if stale.startswith(f".trash-{run}-"):
+            shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+    trash = None
+    if os.path.lexists(path):
+        if not overwrite and is_complete(path):
+            raise _exists_error(ref, path)
+        # overwrite, or a leftover without COMPLETE (not an entry): move it aside
+        trash = os.path.join(parent, f".trash-{run}-{uuid.uuid4().hex[:8]}")
+        os.rename(path, trash)
+    try:
+        os.rename(tmp, path)
+    except OSError as e:
+        if trash is not None:
+            os.rename(trash, path)
+        if is_complete(path):
+            raise _exists_error(ref, path) from None
+        raise CheckpointError(f"cannot move the new bank entry {ref} into place at {path} "
+                              f"({e}); check the bank directory's permissions.") from None
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _writer_of(path: str) -> str:
+    """Who wrote the entry at `path`, for error messages."""
+    try:
+        meta = _read_meta(path)
+    except CheckpointError:
+        return "an unknown writer (its meta.json is unreadable)"
+    prov = meta.get("provenance") or {}
+    origin = prov.get("model_dir") or prov.get("imported_from") or prov.get("source") or prov.get("kind") or "unknown origin"
+    return f"{origin} (written {meta.get('created', 'at an unknown time')})"
+
+
+def _exists_error(ref: str, path: str) -> CheckpointError:
+    return CheckpointError(f"bank entry {ref} already exists at {path}, written by "
+                           f"{_writer_of(path)}; choose another run name (--gin.RUN_NAME) or "
+                           "overwrite it explicitly.")
 
 
 def _write_entry_remote(path: str, ref: str, arr: np.ndarray, meta_bytes: bytes,
@@ -320,15 +392,28 @@ def list_entries(bank_dir: str, backbone: str | None = None, task: str | None = 
     """Complete entries, sorted by (backbone, task, run), optionally filtered.
 
     `require=True` turns "no entries" into a DataError naming what the bank
-    does hold. Incomplete and hidden directories are never listed.
+    does hold. Incomplete and hidden directories are never listed; a complete
+    entry whose meta.json is unreadable is left out with a warning naming its
+    path (`scan_entries` returns those too), so one bad entry blocks no other.
     """
+    entries, bad = scan_entries(bank_dir, backbone, task)
+    for path, message in bad:
+        log.warning("skipping bank entry %s: %s", path, message)
+    if require and not entries:
+        raise DataError(_empty_message(bank_dir, backbone, task))
+    return entries
+
+
+def scan_entries(bank_dir: str, backbone: str | None = None, task: str | None = None
+                 ) -> tuple[list[BankEntry], list[tuple[str, str]]]:
+    """(good complete entries, [(path, problem)] of complete entries whose meta is unreadable)."""
     if not fileio.isdir(bank_dir):
         raise DataError(f"prompt bank {bank_dir!r} does not exist; train prompts first "
                         "(`ptransfer train` writes them there) or pass the right --bank.")
     for kind, name in (("backbone", backbone), ("task", task)):
         if name is not None:
             check_name(kind, name)
-    out = []
+    out, bad = [], []
     for bb in _subdirs(bank_dir):
         if backbone is not None and bb != backbone:
             continue
@@ -338,10 +423,11 @@ def list_entries(bank_dir: str, backbone: str | None = None, task: str | None = 
             for run in _subdirs(fileio.join(bank_dir, bb, tk)):
                 path = fileio.join(bank_dir, bb, tk, run)
                 if is_complete(path):
-                    out.append(BankEntry(path, bb, tk, run, _read_meta(path)))
-    if require and not out:
-        raise DataError(_empty_message(bank_dir, backbone, task))
-    return out
+                    try:
+                        out.append(BankEntry(path, bb, tk, run, _read_meta(path)))
+                    except CheckpointError as e:
+                        bad.append((path, str(e)))
+    return out, bad
 
 
 def _empty_message(bank_dir, backbone, task) -> str:

@@ -116,7 +116,16 @@ class Checkpointer:
         return out["state"], out["meta"]
 
     def close(self) -> None:
-        self._mgr.close()
+        """Stops orbax's workers (idempotent). Left open at exit, they print a traceback."""
+        if self._mgr is not None:
+            self._mgr.close()
+            self._mgr = None
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def abstract_like(tree, sharding) -> Any:

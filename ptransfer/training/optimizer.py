@@ -44,6 +44,22 @@ class OptimizerConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def validate(self) -> "OptimizerConfig":
+        """self, or one ConfigError: the rate must be a finite positive float32 (it is
+        stored as one: 1e39 would be inf, 1e-46 zero), clip_norm > 0, warmup >= 0."""
+        lr = self.learning_rate
+        ok = isinstance(lr, (int, float)) and not isinstance(lr, bool)
+        with np.errstate(over="ignore"):
+            lr32 = np.float32(lr) if ok else None
+        if lr32 is None or not (np.isfinite(lr32) and lr32 > 0):
+            raise ConfigError(f"learning rate {lr!r} is not a finite positive float32 number; "
+                              "give e.g. --gin.LEARNING_RATE=0.3 (between 1.2e-38 and 3.4e38).")
+        if self.warmup_steps < 0 or (self.clip_norm is not None and not self.clip_norm > 0):
+            raise ConfigError(f"optimizer settings out of range: warmup_steps={self.warmup_steps}, "
+                              f"clip_norm={self.clip_norm}; clip_norm must be > 0 (or None), "
+                              "warmup_steps >= 0.")
+        return self
+
 
 PRESETS: dict[str, OptimizerConfig] = {
     "adafactor": OptimizerConfig(),
@@ -62,14 +78,11 @@ def optimizer_config(preset: str = "adafactor", learning_rate: float | None = No
     cfg = PRESETS[preset]
     changes = {"warmup_steps": int(warmup_steps), "clip_norm": clip_norm}
     if learning_rate is not None:
-        changes["learning_rate"] = float(learning_rate)
+        changes["learning_rate"] = (float(learning_rate) if isinstance(learning_rate, (int, float))
+                                    else learning_rate)  # a string is refused by validate()
     if weight_decay is not None:
         changes["weight_decay"] = float(weight_decay)
-    cfg = dataclasses.replace(cfg, **changes)
-    if cfg.learning_rate <= 0 or cfg.warmup_steps < 0 or (cfg.clip_norm is not None and cfg.clip_norm <= 0):
-        raise ConfigError(f"optimizer settings out of range: {cfg}; learning rate and clip_norm "
-                          "must be > 0, warmup_steps >= 0.")
-    return cfg
+    return dataclasses.replace(cfg, **changes).validate()
 
 
 def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
@@ -88,6 +101,7 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     Without warmup the learning rate lives in the optimizer state
     (`optax.inject_hyperparams`), so one compiled step serves every rate.
     """
+    cfg.validate()
     if cfg.name == "adafactor":
         def factory(learning_rate):
             return optax.adafactor(

@@ -48,23 +48,32 @@ ConfigError (use 'fresh'). An initializer that starts from no trained prompt
 fresh under either setting (one PT run serves both). The bank entry and the
 run identity record the setting in effect (`effective_init_optimizer`).
 
-A non-finite loss stops the run at once: nothing after the last good
-checkpoint is saved, and the error names the step and that checkpoint.
+A non-finite loss, or a prompt / optimizer state that the update made
+non-finite (checked after every step, so a divergence on the last step is
+caught too), stops the run at once: nothing after the last good checkpoint
+is saved, and the error names the step and that checkpoint.
+
+One live run per local model dir: `hold_model_dir` flocks <model_dir>/.lock
+from before the backbone is loaded until the run ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import functools
 import logging
 import math
 import os
+import socket
 import time
 
 import gin
 import numpy as np
 
 import tasks
-from ptransfer import data, prompts, scoring
+from ptransfer import backbones, data, prompts, scoring
 from ptransfer.backbones import check_compute_dtype, configure_backbone, load_backbone
 from ptransfer.backbones.layers import check_remat
 from ptransfer.bank import store as bank
@@ -207,6 +216,7 @@ class TrainConfig:
             check_compute_dtype(self.compute_dtype, "TrainConfig.compute_dtype (COMPUTE_DTYPE)")
         if self.remat is not None:
             check_remat(self.remat, "TrainConfig.remat (REMAT)")
+        self.optimizer.validate()
         return self
 
     def identity(self, init: str | None = None) -> dict:
@@ -374,15 +384,29 @@ class Trainer:
         return bb, bb.params
 
     def bank_run_name(self) -> str:
-        return bank.safe_name(self.cfg.run_name
-                              or os.path.basename(os.path.normpath(self.cfg.model_dir)))
+        """RUN_NAME as given (checked, never rewritten), else the model dir's base
+        name made safe (`bank.safe_name`)."""
+        if self.cfg.run_name is not None:
+            return bank.check_name("run (RUN_NAME)", self.cfg.run_name)
+        return bank.safe_name(os.path.basename(os.path.normpath(self.cfg.model_dir)))
+
+    def _check_outputs(self) -> None:
+        """Every name and output path check that needs no model, so that a bad one
+        fails before anything is loaded or trained."""
+        if self._backbone is None:
+            backbones.check_backbone_spec(self.cfg.backbone)
+        bank.check_name("task", self.cfg.task)
+        self.bank_run_name()
+        bank_dir = self.cfg.bank_dir or fileio.join(self.cfg.model_dir, "bank")
+        for path, what in ((self.cfg.model_dir, "MODEL_DIR"), (bank_dir, "BANK_DIR")):
+            if fileio.exists(path) and not fileio.isdir(path):
+                raise ConfigError(f"{what} {path!r} exists and is not a directory; remove it "
+                                  f"or choose another {what}.")
 
     # -- run ------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        import jax
-        import jax.numpy as jnp
-
+        """Checks everything that needs no model, takes the model dir's lock, trains."""
         cfg = self.cfg
         t_start = time.perf_counter()
         spec = self._task_spec()
@@ -392,6 +416,7 @@ class Trainer:
         if cfg.balance_classes and not spec.is_classification:
             raise ConfigError(f"balance_classes needs a classification task; {cfg.task!r} "
                               f"({spec.type}) has no labels. Set BALANCE_CLASSES=False.")
+        self._check_outputs()
         init_desc = prompts.describe_init(cfg.init_from)
         source_moments = None
         if cfg.effective_init_optimizer() == "source":  # checked before anything is loaded
@@ -399,7 +424,14 @@ class Trainer:
         model_dir = fileio.abspath(os.path.expanduser(cfg.model_dir))
         identity = cfg.identity(init_desc)
         checkpointing.check_run_identity(model_dir, identity, write=False)
+        with hold_model_dir(model_dir, enabled=_primary()), contextlib.ExitStack() as cleanup:
+            return self._run(t_start, spec, init_desc, model_dir, identity, cleanup)
 
+    def _run(self, t_start, spec, init_desc, model_dir, identity, cleanup) -> TrainResult:
+        import jax
+        import jax.numpy as jnp
+
+        cfg = self.cfg
         mesh = self._mesh()
         backbone, params = self._load_backbone(mesh)
         task, mlm = data.load_task(cfg.task, backbone, cfg.data_dir)
@@ -407,7 +439,8 @@ class Trainer:
         lengths = {"inputs": cfg.input_length, "targets": cfg.target_length}
         # The training stream first: an empty or missing split stops here, before any
         # evaluation set is built or anything is compiled.
-        ckpt = checkpointing.Checkpointer(model_dir, keep=cfg.keep_checkpoints)
+        # closed on every exit, so a data error is not followed by orbax's shutdown traceback
+        ckpt = cleanup.enter_context(checkpointing.Checkpointer(model_dir, keep=cfg.keep_checkpoints))
         latest = ckpt.latest_step()
         start = min(latest or 0, cfg.train_steps)
         shard_index, num_shards = distributed.host_shard_info(mesh)
@@ -542,7 +575,12 @@ class Trainer:
                 step += 1
                 loss_value = float(loss)
                 if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(_nonfinite_message(loss_value, step, ckpt))
+                    raise NonFiniteLossError(_nonfinite_message(f"training loss became {loss_value}",
+                                                                step, ckpt))
+                if not _all_finite((prompt, opt_state)):  # the update itself can overflow
+                    raise NonFiniteLossError(_nonfinite_message(
+                        "the prompt or optimizer state became NaN or inf after the update", step,
+                        ckpt))
                 progress.update(step, loss_value)
                 if writer_on and cfg.log_every and step % cfg.log_every == 0:
                     # T5X's names; the timing window leaves evaluation time out
@@ -638,13 +676,69 @@ class Trainer:
                                 records, overwrite=overwrite, extras=extras)
 
 
-def _nonfinite_message(loss: float, step: int, ckpt) -> str:
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def hold_model_dir(model_dir: str, *, enabled: bool = True):
+    """One live run per local model dir: an exclusive flock on <model_dir>/.lock
+    for the run's lifetime, or one ConfigError naming the holder.
+
+    The OS releases the lock when its process dies (even by kill -9), so a
+    stale .lock of a dead run is taken over without any check; the file only
+    records the holder (host, pid, start) for the message. A remote model
+    dir (gs://) cannot be locked: there the rule is one job per MODEL_DIR.
+    """
+    if not enabled or fileio.is_remote(model_dir):
+        yield
+        return
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(
+                f"model dir {model_dir} is in use by another live run ({holder}); wait for it "
+                "to finish, stop it, or give this run another MODEL_DIR.") from None
+        holder = (f"host {socket.gethostname()}, pid {os.getpid()}, started "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _nonfinite_message(what: str, step: int, ckpt) -> str:
     good = ckpt.latest_step()
-    where = (f"The last good checkpoint is step {good} in {ckpt.directory}; rerunning the same "
-             "command resumes from it." if good is not None else "No checkpoint was saved before it.")
-    return (f"training loss became {loss} at step {step}; stopped without saving that state. "
-            f"{where} Lower the learning rate (--gin.LEARNING_RATE=...), clip gradients "
-            "(--gin.CLIP_NORM=1.0) or check the prompt initialization.")
+    where = (f"The last good checkpoint is step {good} in {ckpt.directory}."
+             if good is not None else "No checkpoint was saved before it.")
+    return (f"{what} at step {step}; stopped without saving that state. {where} Training is "
+            "deterministic, so rerunning the same command diverges again, and this model dir "
+            "keeps its optimizer settings. Start a new MODEL_DIR with a lower learning rate "
+            "(--gin.LEARNING_RATE=...) or gradient clipping (--gin.CLIP_NORM=1.0), or check the "
+            "prompt initialization (INIT_FROM).")
+
+
+@functools.lru_cache(maxsize=None)
+def _finite_fn():
+    import jax
+    import jax.numpy as jnp
+
+    return jax.jit(lambda leaves: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])))
+
+
+def _all_finite(tree) -> bool:
+    """True when every float leaf of `tree` is finite (one small jitted reduction)."""
+    import jax
+    import jax.numpy as jnp
+
+    leaves = [x for x in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    return bool(_finite_fn()(leaves)) if leaves else True
 
 
 def build_train_config() -> TrainConfig:
