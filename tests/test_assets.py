@@ -7,8 +7,8 @@ import zipfile
 
 import pytest
 
-from ptransfer.core import assets
 from ptransfer.cli import main as cli
+from ptransfer.core import assets
 from ptransfer.core.errors import DataError
 
 WANTED = {"toy/data/a_GroundTruth.txt": b"1\t2.5\tgood\n", "toy/data/b_GroundTruth.txt": b"2\t-1\tbad\n",

@@ -18,8 +18,8 @@ ARTIFACTS = ("cross_task.json", "tpt.json", "indicators.json", "run_info.json", 
 
 @pytest.fixture(scope="module")
 def demo_out(assets_dir, tmp_path_factory):
-    from ptransfer.experiments.demo import run_demo
     from ptransfer.cli import gin_setup
+    from ptransfer.experiments.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo")
     gin_setup.parse_gin(["experiments/demo_tiny.gin"], [f"OUT_DIR='{out}'"],
@@ -77,8 +77,8 @@ def test_report_is_drawn_from_the_json(demo_out):
 
 
 def test_rerun_reuses_finished_stages(demo_out, caplog):
-    from ptransfer.experiments.demo import run_demo
     from ptransfer.cli import gin_setup
+    from ptransfer.experiments.demo import run_demo
 
     gin_setup.parse_gin(["experiments/demo_tiny.gin"], [f"OUT_DIR='{demo_out}'"],
                         required=("BACKBONE",))

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from ptransfer.core.errors import ConfigError
 from ptransfer.core import distributed
+from ptransfer.core.errors import ConfigError
 from ptransfer.core.sharding import make_mesh
 
 ENV_NAMES = [n for names in distributed._ENV.values() for n in names] + [distributed.AUTO_ENV]

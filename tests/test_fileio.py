@@ -15,7 +15,8 @@ import uuid
 import numpy as np
 import pytest
 
-from ptransfer.core import fileio as atomic, fileio
+from ptransfer.core import fileio
+from ptransfer.core import fileio as atomic
 from ptransfer.core.errors import CheckpointError, DataError
 
 tf = pytest.importorskip("tensorflow")
@@ -254,9 +255,10 @@ def test_trainer_writes_its_bank_entry_to_ram(ram, tmp_path, monkeypatch):
     (A ram:// MODEL_DIR is not tested: orbax's etils.epath knows gs:// but not
     ram://, so the checkpoints cannot go there.)"""
     from _trainer_common import backbone, register_tiny_yesno, write_justice
+
+    from ptransfer.bank import store as bank
     from ptransfer.training.optimizer import OptimizerConfig
     from ptransfer.training.trainer import TrainConfig, Trainer
-    from ptransfer.bank import store as bank
 
     register_tiny_yesno(monkeypatch)
     data_dir = write_justice(str(tmp_path / "data"))

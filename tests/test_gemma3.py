@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from ptransfer.core import assets
 from ptransfer.backbones import configure_backbone, gemma3, load_backbone
 from ptransfer.backbones.gemma3 import convert
 from ptransfer.checkpoints.gguf import architecture_of
 from ptransfer.checkpoints.tree import flatten
+from ptransfer.core import assets
 from ptransfer.core.errors import CheckpointError, ConfigError
 from ptransfer.core.vocab import TokenizersVocabulary
 

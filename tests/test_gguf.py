@@ -291,8 +291,8 @@ SMOLLM2_TOL = 1e-3
 
 @pytest.fixture(scope="module")
 def smollm2(assets_dir):
-    from ptransfer.core import assets
     from ptransfer.backbones import load_backbone
+    from ptransfer.core import assets
 
     start = time.perf_counter()
     bb = load_backbone("gguf:" + assets.asset_path(assets.SMOLLM2_GGUF, assets_dir))

@@ -6,10 +6,10 @@ import os
 import gin
 import pytest
 
-from ptransfer.cli import main as cli
-from ptransfer.core.errors import ConfigError
 from ptransfer.cli import gin_setup
+from ptransfer.cli import main as cli
 from ptransfer.cli.train import EVAL_REQUIRED, TRAIN_REQUIRED
+from ptransfer.core.errors import ConfigError
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
 RUN = ["models/t5_tiny.gin", "runs/prompt_tune.gin"]

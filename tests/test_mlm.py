@@ -15,8 +15,8 @@ import seqio
 from safetensors.numpy import load_file, save_file
 
 from ptransfer.backbones import mlm
-from ptransfer.core.vocab import check_single_token_label_words
 from ptransfer.core.errors import CheckpointError, ConfigError
+from ptransfer.core.vocab import check_single_token_label_words
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "mlm")
 FAMILIES = ("roberta", "bert")

@@ -22,10 +22,10 @@ import jax  # noqa: E402
 import tasks  # noqa: E402
 from ptransfer import data as features  # noqa: E402
 from ptransfer.backbones import load_backbone, mlm  # noqa: E402
-from ptransfer.core.vocab import check_single_token_label_words  # noqa: E402
 from ptransfer.backbones.mlm_vocab import label_word_bpe  # noqa: E402
-from tasks.specs import registered_mlm_label_words  # noqa: E402
 from ptransfer.core.errors import ConfigError  # noqa: E402
+from ptransfer.core.vocab import check_single_token_label_words  # noqa: E402
+from tasks.specs import registered_mlm_label_words  # noqa: E402
 
 D, HEADS, FF, LAYERS, MAX_POS = 32, 4, 64, 2, 66
 
@@ -184,9 +184,9 @@ def test_corpus_tasks_mlm_form_with_tiny_preset(name, assets_dir, tiny):
 def test_prompt_tuning_reaches_full_train_accuracy_with_frozen_params(roberta, tweet_dir,
                                                                       tmp_path):
     from ptransfer import prompts, scoring
-    from ptransfer.training.optimizer import OptimizerConfig
     from ptransfer.data import load_task
-    from ptransfer.training.trainer import Trainer, TrainConfig
+    from ptransfer.training.optimizer import OptimizerConfig
+    from ptransfer.training.trainer import TrainConfig, Trainer
 
     frozen = _host(roberta.params)
     cfg = TrainConfig(backbone="hf:tiny", task="tweeteval", model_dir=str(tmp_path / "run"),
@@ -322,7 +322,7 @@ def test_multi_token_label_word_names_the_word_and_the_task(roberta, tweet_dir):
 def test_checkpoint_without_tokenizer_cannot_serve_word_verbalizers(tmp_path, tweet_dir):
     """Without tokenizer.json the byte vocabulary spells ' negative' in 9 tokens: the
     Trainer stops before training with the word and the task in the message."""
-    from ptransfer.training.trainer import Trainer, TrainConfig
+    from ptransfer.training.trainer import TrainConfig, Trainer
 
     bb = mlm.from_hf(write_roberta_dir(tmp_path / "no_tok", tokenizer=False))
     cfg = TrainConfig(backbone="hf:x", task="tweeteval", model_dir=str(tmp_path / "run"),

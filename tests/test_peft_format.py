@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from ptransfer.core.errors import CheckpointError, ConfigError
 from ptransfer.bank import peft_format
+from ptransfer.core.errors import CheckpointError, ConfigError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "peft")
 

@@ -17,12 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ptransfer.core.errors import ConfigError
 from ptransfer.bank import store as bank
+from ptransfer.core.errors import ConfigError
 from ptransfer.experiments import cross_model
 from ptransfer.projector import model as pj
-from ptransfer.projector import training as pj_training
 from ptransfer.projector import recycling
+from ptransfer.projector import training as pj_training
 
 D = 16          # width of the tiny backbones
 HEAD_SCALE = 8  # sharper next-token distributions: the prompt's effect is easy to see

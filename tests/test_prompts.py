@@ -4,8 +4,8 @@ import os
 
 import numpy as np
 import pytest
-
 from _trainer_common import backbone
+
 from ptransfer import prompts
 from ptransfer.core.errors import CheckpointError, ConfigError
 
@@ -57,7 +57,8 @@ def test_text_init_embeds_the_string_cycled(t5):
 
 
 def test_file_bank_and_peft_sources_round_trip(t5, tmp_path):
-    from ptransfer.bank import store as bank, peft_format
+    from ptransfer.bank import peft_format
+    from ptransfer.bank import store as bank
 
     src = np.random.default_rng(0).normal(size=(6, t5.d_model)).astype(np.float32)
     np.save(tmp_path / "p.npy", src)

@@ -16,7 +16,7 @@ import pytest
 from ptransfer.backbones import configure_backbone, gemma3, layers, llama, load_backbone, mlm, t5
 from ptransfer.checkpoints.tree import flatten
 from ptransfer.core.errors import ConfigError
-from ptransfer.training.trainer import Trainer, TrainConfig
+from ptransfer.training.trainer import TrainConfig, Trainer
 
 POLICIES = ("full", "dots")
 

@@ -3,8 +3,8 @@
 import jax
 import numpy as np
 import pytest
-
 from _trainer_common import backbone, register_tiny_yesno, write_justice
+
 from ptransfer import data as features
 from ptransfer import scoring
 

@@ -386,8 +386,9 @@ def test_spmd_mesh_matches_one_device_and_shards_weights():
 def test_vocabulary_files_are_picked_up(tmp_path):
     """spiece.model -> seqio SentencePiece (sentinels from tokenizer_config.json),
     also beside a T5X checkpoint; tokenizer.json -> TokenizersVocabulary."""
-    import seqio
     import sentencepiece as spm
+    import seqio
+
     from ptransfer.checkpoints.t5x import write_t5x_checkpoint
 
     text = tmp_path / "corpus.txt"

@@ -2,9 +2,8 @@
 
 import os
 
-from ptransfer.cli import main as cli
-
 import tasks
+from ptransfer.cli import main as cli
 
 
 def test_tasks_table_lists_everything(capsys):

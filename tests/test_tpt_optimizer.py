@@ -10,14 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from _trainer_common import backbone, register_tiny_yesno, write_justice
+
 from ptransfer.bank import store as bank
 from ptransfer.core.errors import ConfigError
 from ptransfer.experiments.tpt import run_pair
 from ptransfer.training import checkpointing
-from ptransfer.training.optimizer import (OptimizerConfig, adam_moments, make_optimizer,
-                                          with_adam_moments)
+from ptransfer.training.optimizer import OptimizerConfig, adam_moments, make_optimizer, with_adam_moments
 from ptransfer.training.trainer import TrainConfig, Trainer
 
 ADAMW = OptimizerConfig(name="adamw", learning_rate=0.05, weight_decay=0.01)

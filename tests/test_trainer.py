@@ -7,9 +7,8 @@ import os
 
 import numpy as np
 import pytest
+from _trainer_common import backbone, host_copy, register_tiny_yesno, trees_equal, write_justice
 
-from _trainer_common import (backbone, host_copy, register_tiny_yesno, trees_equal,
-                             write_justice)
 from ptransfer.cli import main as cli
 from ptransfer.core.errors import CheckpointError, ConfigError, DataError
 from ptransfer.training.optimizer import OptimizerConfig
@@ -94,6 +93,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_p
 
 def test_optimizer_presets_warmup_and_clipping():
     import jax.numpy as jnp
+
     from ptransfer.training.optimizer import make_optimizer, optimizer_config
 
     assert optimizer_config("adafactor").learning_rate == 0.3

@@ -7,7 +7,6 @@ import signal
 import time
 
 import numpy as np
-
 from _trainer_common import cli_env, popen_cli, run_cli, train_argv, write_justice
 
 STEPS = 60

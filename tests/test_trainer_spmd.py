@@ -5,7 +5,6 @@ import json
 
 import gin
 import numpy as np
-
 from _trainer_common import REPO, backbone, cli_env, run_cli, train_argv, write_justice
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from ptransfer import load_backbone
-from ptransfer.core.errors import ConfigError, DataError
 from ptransfer.bank import store as bank
+from ptransfer.core.errors import ConfigError, DataError
 from ptransfer.experiments.matrix import cross_task_matrix, relative_replicates
 from ptransfer.prompts import random_prompt_like
 from tasks.metrics import accuracy, balanced_accuracy

@@ -4,8 +4,8 @@ numpy computation from per-label log-likelihoods scored one label at a time."""
 import jax
 import numpy as np
 import pytest
-
 from _trainer_common import backbone, register_tiny_yesno, write_justice
+
 from ptransfer import scoring
 from ptransfer.core.errors import ConfigError
 from ptransfer.training.optimizer import OptimizerConfig

@@ -425,9 +425,11 @@ class Trainer:
         identity = cfg.identity(init_desc)
         checkpointing.check_run_identity(model_dir, identity, write=False)
         with hold_model_dir(model_dir, enabled=_primary()), contextlib.ExitStack() as cleanup:
-            return self._run(t_start, spec, init_desc, model_dir, identity, cleanup)
+            return self._run(t_start, spec, init_desc, model_dir, identity, cleanup,
+                             source_moments)
 
-    def _run(self, t_start, spec, init_desc, model_dir, identity, cleanup) -> TrainResult:
+    def _run(self, t_start, spec, init_desc, model_dir, identity, cleanup,
+             source_moments) -> TrainResult:
         import jax
         import jax.numpy as jnp
 

@@ -48,7 +48,6 @@ from ptransfer.backbones.gemma3.config import Gemma3Config
 from ptransfer.backbones.llama import apply_rope, positions_from_mask, zero_after_eos
 from ptransfer.core.errors import ConfigError
 
-
 # ---- Flax modules --------------------------------------------------------------
 
 class Attention(nn.Module):
