@@ -18,6 +18,7 @@ agreement).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -44,9 +45,8 @@ def main(argv=None) -> int:
     import jax
 
     import tasks
-    from ptransfer import prompts, scoring
-    from ptransfer.backbones import configure_backbone, load_backbone
-    from ptransfer.training.trainer import default_truncation, load_task, resolve_backbone_spec
+    from ptransfer import data, prompts, scoring
+    from ptransfer.backbones import configure_backbone, load_backbone, resolve_backbone_spec
 
     payload = {"benchmark": "precision_agreement", "machine": common.machine(),
                "command": " ".join(["python -m bench.precision_agreement"]
@@ -60,16 +60,18 @@ def main(argv=None) -> int:
     agree_total, n_total = 0, 0
     for name in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         spec = tasks.get_spec(name)
-        task, mlm = load_task(name, b32, None)
+        task, mlm = data.load_task(name, b32, None)
         eval_set = scoring.build_eval_set(task, spec, b32, args.split, args.examples, LENGTHS,
-                                          truncate_inputs=default_truncation(b32), mlm=mlm)
+                                          truncate_inputs=data.default_truncation(b32), mlm=mlm)
         for init in [i.strip() for i in args.inits.split(",") if i.strip()]:
             prompt = None if init == "none" else prompts.init_prompt(
-                init, b32, PROMPT_LENGTH, seed=0, label_words=list(spec.label_words or ()))
+                init, b32, PROMPT_LENGTH, seed=0, label_words=data.label_words(spec, b32))
             row = {"task": name, "init": init, "examples": eval_set.size}
             scores = {}
+            warm = dataclasses.replace(eval_set, inputs=eval_set.inputs[:1],
+                                       inputs_mask=eval_set.inputs_mask[:1], labels=eval_set.labels[:1])
             for dt, scorer in scorers.items():
-                scorer.candidate_log_likelihoods(prompt, eval_set)  # compile / warm
+                scorer.candidate_log_likelihoods(prompt, warm)  # compiles (one padded batch)
                 t0 = time.perf_counter()
                 scores[dt] = s = scorer.candidate_log_likelihoods(prompt, eval_set)
                 row[f"{dt}_examples_per_s"] = eval_set.size / (time.perf_counter() - t0)
