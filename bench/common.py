@@ -23,9 +23,40 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+# CPU features that decide which matmul rates a step can reach: AVX-512, its bf16
+# dot product (avx512_bf16), and Intel's AMX tiles (amx_bf16 / amx_tile).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> dict[str, bool]:
+    """{flag: present} for CPU_FLAGS, from /proc/cpuinfo (all False if unreadable)."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {name: name in flags for name in CPU_FLAGS}
+
+
 def machine() -> dict:
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+    import jax
+
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(),
+            "python": platform.python_version(), "jax": jax.__version__,
+            "devices": [str(d) for d in jax.devices()], "load": load_average(),
             "date": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def describe_machine(m: dict) -> str:
+    """One line: CPU model, cores, the flags present, load."""
+    present = [k for k, v in m["cpu_flags"].items() if v]
+    absent = [k for k, v in m["cpu_flags"].items() if not v]
+    return (f"{m['cpu']} ({m['cores']} cores), flags: {' '.join(present) or '-'}; absent: "
+            f"{' '.join(absent) or '-'}; devices {m['devices']}; load {m['load']}")
 
 
 def load_average() -> list[float]:
@@ -34,6 +65,13 @@ def load_average() -> list[float]:
 
 def median(xs) -> float:
     return float(statistics.median(xs))
+
+
+def summary(xs) -> dict:
+    """Median, min, max and spread ((max - min) / median) of a list of timings."""
+    m = median(xs)
+    return {"median": m, "min": float(min(xs)), "max": float(max(xs)),
+            "spread": (max(xs) - min(xs)) / m if m else 0.0, "n": len(xs)}
 
 
 def write_results(name: str, payload: dict, path: str | None = None) -> str:

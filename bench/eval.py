@@ -8,6 +8,9 @@ For 2, 3 and 6 label words it measures examples/s of
              T5: the encoder runs once per example and all labels are decoded in
              one batched call; decoder-only: one pass over prompt + input, then
              every label continuation from the cached keys/values;
+  optimized_bf16  the same path under the bfloat16 precision policy (bf16 matmul
+             operands, f32 accumulation and activations); its predictions'
+             agreement with float32 is reported;
   naive      each input repeated once per label word through the teacher-forced
              likelihood (`bench.naive_scoring`), as T5X and most codebases do;
   peft       HF transformers + PEFT prompt tuning, one forward with `labels` per
@@ -30,6 +33,7 @@ from bench.worker import Worker
 TARGET_SPEEDUP = 2.0       # optimized vs naive, 3 labels
 SAME_FRAMEWORK_ATOL = 1e-3  # |optimized - naive| on summed log-likelihoods (float32)
 CROSS_FRAMEWORK_ATOL = 5e-3  # |optimized - PEFT|
+JAX_METHODS = ("optimized", "naive", "optimized_bf16")
 
 
 def _compare(a, b) -> dict:
@@ -59,22 +63,20 @@ def run_model(model: str, examples: int, batch: int, reps: int, threads: int, wi
                         candidates_mask=setup["candidates_mask"], batch=batch)
         for k in shapes.LABEL_SETS:
             # Warm-up on one batch: compiles each jitted path for this label set.
-            for method in ("optimized", "naive"):
+            for method in JAX_METHODS:
                 jax_w.call("eval_run", method=method, labels=k, examples=batch)
             if with_peft:
                 peft_w.call("eval_run", labels=k, examples=batch)
-            times = {"optimized": [], "naive": [], "peft": []}
+            times = {m: [] for m in JAX_METHODS + ("peft",)}
             compiles = 0
+            scores = {}
             for _ in range(reps):  # alternate the methods within each repetition
-                for method in ("optimized", "naive"):
+                for method in JAX_METHODS:
                     r = jax_w.call("eval_run", method=method, labels=k)
                     times[method].append(r["seconds"])
                     compiles += r["compiles"]
-                    scores = r["scores"]
-                    if method == "optimized":
-                        opt_scores = scores
-                    else:
-                        naive_scores = scores
+                    scores[method] = r["scores"]
+                opt_scores, naive_scores = scores["optimized"], scores["naive"]
                 if with_peft:
                     r = peft_w.call("eval_run", labels=k)
                     times["peft"].append(r["seconds"])
@@ -85,6 +87,10 @@ def run_model(model: str, examples: int, batch: int, reps: int, threads: int, wi
                 lk[f"{m}_examples_per_s"] = examples / common.median(t)
             lk["speedup_vs_naive"] = lk["optimized_examples_per_s"] / lk["naive_examples_per_s"]
             lk["vs_naive"] = _compare(opt_scores, naive_scores)
+            lk["bf16_speedup"] = lk["optimized_bf16_examples_per_s"] / lk["optimized_examples_per_s"]
+            lk["bf16_vs_f32"] = _compare(scores["optimized_bf16"], opt_scores)
+            lk["bf16_vs_f32"]["agreement"] = float(np.mean(
+                np.argmax(scores["optimized_bf16"], -1) == np.argmax(opt_scores, -1)))
             if with_peft:
                 lk["speedup_vs_peft"] = lk["optimized_examples_per_s"] / lk["peft_examples_per_s"]
                 lk["vs_peft"] = _compare(opt_scores, peft_scores)
@@ -102,7 +108,9 @@ def run_model(model: str, examples: int, batch: int, reps: int, threads: int, wi
 def _print_row(model: str, k: int, lk: dict) -> None:
     line = (f"{model:<13} {k} labels: optimized {lk['optimized_examples_per_s']:7.2f} ex/s | naive "
             f"{lk['naive_examples_per_s']:7.2f} ex/s (x{lk['speedup_vs_naive']:.2f}, max|diff| "
-            f"{lk['vs_naive']['max_abs_diff']:.1e})")
+            f"{lk['vs_naive']['max_abs_diff']:.1e}) | bf16 {lk['optimized_bf16_examples_per_s']:7.2f} "
+            f"ex/s (x{lk['bf16_speedup']:.2f} vs f32, agreement {lk['bf16_vs_f32']['agreement']:.3f}, "
+            f"max|diff| {lk['bf16_vs_f32']['max_abs_diff']:.1e})")
     if "peft_examples_per_s" in lk:
         line += (f" | PEFT {lk['peft_examples_per_s']:7.2f} ex/s (x{lk['speedup_vs_peft']:.2f}, "
                  f"max|diff| {lk['vs_peft']['max_abs_diff']:.1e})")
@@ -155,8 +163,8 @@ def main(argv=None) -> int:
     command = " ".join(["python -m bench.eval"] + (sys.argv[1:] if argv is None else list(argv)))
     payload = {"benchmark": "eval", "machine": common.machine(), "threads": args.threads,
                "command": command, "models": []}
-    print(f"machine: {payload['machine']['cpu']} ({payload['machine']['cores']} cores), "
-          f"load {common.load_average()}, {args.threads} threads per side", flush=True)
+    print(f"machine: {common.describe_machine(payload['machine'])}; {args.threads} threads per side",
+          flush=True)
     problems = []
     for model in models:
         rec = run_model(model, args.examples, args.batch, args.reps, args.threads, with_peft, args.seed)

@@ -63,36 +63,21 @@ def _buffers(params):
     return [x.unsafe_buffer_pointer() for x in jax.tree_util.tree_leaves(params)]
 
 
-class JaxSide:
-    # ---- prompt-tuning step ------------------------------------------------
+class _StepRun:
+    """One compute dtype's prompt-tuning step and its state (prompt, AdamW, RNG)."""
 
-    def step_setup(self, shape: str, seed: int = 0, export_dir: str | None = None):
+    def __init__(self, bb, batch, prompt, seed: int):
         from ptransfer.training.optimizer import PRESETS, make_optimizer
         from ptransfer.training.trainer import make_train_step
 
-        s = shapes.STEP_SHAPES[shape]
-        bb, spec, load_s = load(s.backbone, s.fallback)
-        self.bb, self.params = bb, bb.params
-        data = shapes.step_data(s, bb.config.vocab_size, bb.d_model, seed)
-        ones = lambda a: np.ones(a.shape, np.int32)  # noqa: E731
-        self.batch = {k: jnp.asarray(v) for k, v in {
-            "inputs": data["inputs"], "inputs_mask": ones(data["inputs"]),
-            "targets": data["targets"], "targets_mask": ones(data["targets"])}.items()}
         optimizer = make_optimizer(PRESETS["adamw_t5"])
+        self.bb, self.params, self.batch = bb, bb.params, batch
         self.step = make_train_step(bb, optimizer, "token")
-        self.prompt = jnp.asarray(data["prompt"])
+        self.prompt = jnp.asarray(prompt)
         self.opt_state = optimizer.init(self.prompt)
         self.rng = jax.random.key_data(jax.random.PRNGKey(seed))
-        out = {"spec": spec, "load_s": load_s, "n_params": _n_params(self.params),
-               "d_model": bb.d_model, "vocab_size": int(bb.config.vocab_size),
-               "rss_after_load_mb": worker.rss_mb(), "cores": sorted(os.sched_getaffinity(0))}
-        if export_dir:
-            out["export"] = hf_weights.export(bb, export_dir)
-        out["peak_rss_load_mb"] = worker.peak_rss_mb()
-        worker.reset_peak_rss()
-        return out
 
-    def _one_step(self) -> tuple[float, float, float]:
+    def one_step(self) -> tuple[float, float, float]:
         """(wall seconds, process CPU seconds, loss) of one step."""
         t0, c0 = time.perf_counter(), time.process_time()
         self.prompt, self.opt_state, self.rng, loss = self.step(
@@ -101,39 +86,81 @@ class JaxSide:
         jax.block_until_ready(self.prompt)
         return time.perf_counter() - t0, time.process_time() - c0, loss
 
-    def step_warmup(self, steps: int = 2):
-        times, _, losses = zip(*[self._one_step() for _ in range(steps)])
+    def warmup(self, steps: int) -> dict:
+        times, _, losses = zip(*[self.one_step() for _ in range(steps)])
         # Donation: the prompt buffer passed in is consumed by the step.
         before = self.prompt
-        self._one_step()
+        self.one_step()
         donated = bool(before.is_deleted())
-        # Which arguments the compiled step aliases to outputs (lowering only, no compile).
         lowered = self.step.lower(self.prompt, self.opt_state, self.rng, self.params, self.batch)
         text = lowered.as_text()
         cost = lowered.cost_analysis() or {}
+        self.cache0 = self.step._cache_size()
+        self.buffers0 = _buffers(self.params)
+        return {"first_step_s": times[0], "warm_times": list(times[1:]), "loss0": losses[0],
+                "flops_per_step": float(cost.get("flops", 0.0)), "prompt_donated": donated,
+                "aliased_args": text.count("tf.aliasing_output") + text.count("jax.buffer_donor"),
+                "cache_size": self.cache0,
+                "param_dtypes": sorted({str(x.dtype) for x in jax.tree_util.tree_leaves(self.params)})}
+
+    def finish(self) -> dict:
+        params_in_place = (_buffers(self.params) == self.buffers0 and not any(
+            x.is_deleted() for x in jax.tree_util.tree_leaves(self.params)))
+        return {"cache_size_after": self.step._cache_size(), "cache_size_warm": self.cache0,
+                "params_same_buffers": params_in_place}
+
+
+class JaxSide:
+    # ---- prompt-tuning step ------------------------------------------------
+
+    def step_setup(self, shape: str, seed: int = 0, export_dir: str | None = None,
+                   dtypes=("float32",)):
+        """Loads the shape's backbone (float32) and builds one step per compute dtype
+        in `dtypes` (a low-precision one stores its matmul weights in that dtype)."""
+        from ptransfer.backbones import configure_backbone
+
+        s = shapes.STEP_SHAPES[shape]
+        bb, spec, load_s = load(s.backbone, s.fallback)
+        data = shapes.step_data(s, bb.config.vocab_size, bb.d_model, seed)
+        ones = lambda a: np.ones(a.shape, np.int32)  # noqa: E731
+        batch = {k: jnp.asarray(v) for k, v in {
+            "inputs": data["inputs"], "inputs_mask": ones(data["inputs"]),
+            "targets": data["targets"], "targets_mask": ones(data["targets"])}.items()}
+        self.runs = {dt: _StepRun(configure_backbone(bb, compute_dtype=dt), batch, data["prompt"], seed)
+                     for dt in dtypes}
+        out = {"spec": spec, "load_s": load_s, "n_params": _n_params(bb.params),
+               "d_model": bb.d_model, "vocab_size": int(bb.config.vocab_size),
+               "rss_after_load_mb": worker.rss_mb(), "cores": sorted(os.sched_getaffinity(0))}
+        if export_dir:
+            out["export"] = hf_weights.export(bb, export_dir)
+        out["peak_rss_load_mb"] = worker.peak_rss_mb()
+        worker.reset_peak_rss()
+        return out
+
+    def step_warmup(self, steps: int = 2):
+        """{dtype: warm-up record}; compilation of every dtype's step happens here."""
+        out = {dt: run.warmup(steps) for dt, run in self.runs.items()}
         self._compiles0 = _COMPILES[0]
-        self._cache0 = self.step._cache_size()
-        self._buffers0 = _buffers(self.params)
         peak = worker.peak_rss_mb()  # includes compilation
         worker.reset_peak_rss()
-        return {"first_step_s": times[0], "warm_times": list(times[1:]), "loss0": losses[0],
-                "peak_rss_warmup_mb": peak, "flops_per_step": float(cost.get("flops", 0.0)),
-                "prompt_donated": donated,
-                "aliased_args": text.count("tf.aliasing_output") + text.count("jax.buffer_donor"),
-                "compiles_at_warmup": self._compiles0, "cache_size": self._cache0}
+        for rec in out.values():
+            rec["peak_rss_warmup_mb"] = peak
+            rec["compiles_at_warmup"] = self._compiles0
+        return out
 
-    def step_run(self, steps: int = 1):
-        """[[wall s, CPU s] per step]."""
-        return [list(self._one_step()[:2]) for _ in range(steps)]
+    def step_run(self, steps: int = 1, dtype: str = "float32"):
+        """[[wall s, CPU s] per step] of the `dtype` step."""
+        return [list(self.runs[dtype].one_step()[:2]) for _ in range(steps)]
 
     def step_finish(self):
+        """{dtype: checks}; backend compiles after warm-up are counted for the process."""
         new_compiles = _COMPILES[0] - self._compiles0
-        cache = self.step._cache_size()
-        params_in_place = (_buffers(self.params) == self._buffers0 and not any(
-            x.is_deleted() for x in jax.tree_util.tree_leaves(self.params)))
-        return {"recompiles_after_warmup": new_compiles, "cache_size_after": cache,
-                "cache_size_warm": self._cache0, "params_same_buffers": params_in_place,
-                "peak_rss_mb": worker.peak_rss_mb(), "rss_mb": worker.rss_mb()}
+        out = {}
+        for dt, run in self.runs.items():
+            out[dt] = run.finish()
+            out[dt].update(recompiles_after_warmup=new_compiles, peak_rss_mb=worker.peak_rss_mb(),
+                           rss_mb=worker.rss_mb())
+        return out
 
     # ---- rank-classification evaluation -------------------------------------
 
@@ -151,6 +178,10 @@ class JaxSide:
         self.prompt = jnp.asarray(self.prompt_np)
         self.batch_size = batch
         self.scorer = Scorer(bb, batch_size=batch)
+        # The same path with the bfloat16 policy (its own bf16 copy of the matmul weights).
+        from ptransfer.backbones import configure_backbone
+
+        self.scorer_bf16 = Scorer(configure_backbone(bb, compute_dtype="bfloat16"), batch_size=batch)
         naive = jax.jit(lambda p, pr, x, xm, c, cm: naive_score_candidates(bb, p, pr, x, xm, c, cm))
         self.naive = naive
         self.candidates = {}
@@ -203,6 +234,8 @@ class JaxSide:
         t0 = time.perf_counter()
         if method == "optimized":  # the evaluation path the trainer uses
             scores = self.scorer.candidate_log_likelihoods(self.prompt, self._eval_set(k, n))
+        elif method == "optimized_bf16":
+            scores = self.scorer_bf16.candidate_log_likelihoods(self.prompt, self._eval_set(k, n))
         elif method == "naive":
             c, cm = (jnp.asarray(a) for a in self.candidates[k])
             parts = []

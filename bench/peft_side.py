@@ -135,25 +135,34 @@ class PeftSide:
         worker.reset_peak_rss()
         return out
 
-    def _one_step(self) -> tuple[float, float, float]:
-        """(wall seconds, process CPU seconds, loss) of one step."""
+    def _one_step(self, autocast: bool = False) -> tuple[float, float, float]:
+        """(wall seconds, process CPU seconds, loss) of one step; `autocast`: the
+        forward under `torch.autocast("cpu", dtype=torch.bfloat16)`, as a PEFT user
+        turns on mixed precision (backward outside it, as PyTorch recommends)."""
         t0, c0 = time.perf_counter(), time.process_time()
-        loss = self.pm(**self.batch).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = self.pm(**self.batch).loss
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return time.perf_counter() - t0, time.process_time() - c0, float(loss.detach())
 
-    def step_warmup(self, steps: int = 2):
-        times, _, losses = zip(*[self._one_step() for _ in range(steps)])
+    def step_warmup(self, steps: int = 2, autocast=(False,)):
+        """{"float32" | "bfloat16": warm-up record} for each autocast setting."""
+        out = {}
+        for ac in autocast:
+            times, _, losses = zip(*[self._one_step(ac) for _ in range(steps)])
+            out["bfloat16" if ac else "float32"] = {"first_step_s": times[0],
+                                                    "warm_times": list(times[1:]), "loss0": losses[0]}
         peak = worker.peak_rss_mb()
         worker.reset_peak_rss()
-        return {"first_step_s": times[0], "warm_times": list(times[1:]), "loss0": losses[0],
-                "peak_rss_warmup_mb": peak}
+        for rec in out.values():
+            rec["peak_rss_warmup_mb"] = peak
+        return out
 
-    def step_run(self, steps: int = 1):
+    def step_run(self, steps: int = 1, autocast: bool = False):
         """[[wall s, CPU s] per step]."""
-        return [list(self._one_step()[:2]) for _ in range(steps)]
+        return [list(self._one_step(autocast)[:2]) for _ in range(steps)]
 
     def step_finish(self):
         return {"peak_rss_mb": worker.peak_rss_mb(), "rss_mb": worker.rss_mb()}

@@ -354,6 +354,47 @@ def iterate_batches(task, split: str, batch_size: int, lengths: Mapping[str, int
                         "check the data files or use fewer shards.")
 
 
+# ---- length buckets ----------------------------------------------------------------------
+
+# A batch is cut to the smallest of LENGTH_BUCKETS evenly spaced lengths that holds all its
+# real tokens, so short batches cost less and at most LENGTH_BUCKETS shapes per field compile.
+LENGTH_BUCKETS = 4
+
+
+def bucket_lengths(length: int, buckets: int = LENGTH_BUCKETS) -> tuple[int, ...]:
+    """`buckets` evenly spaced lengths ending at `length`: bucket_lengths(40) = (10, 20, 30, 40)."""
+    step = -(-int(length) // max(1, int(buckets)))
+    return tuple(sorted({min(int(length), step * i) for i in range(1, int(buckets) + 1)}))
+
+
+def _bucket(needed: int, length: int, buckets: int) -> int:
+    return next(b for b in bucket_lengths(length, buckets) if b >= max(1, needed))
+
+
+def trim_to_bucket(batch: Mapping[str, np.ndarray], buckets: int = LENGTH_BUCKETS) -> dict:
+    """The batch with only padding columns removed, down to a bucket length.
+
+    inputs / inputs_mask [B, Li] (left-padded) lose columns at the left, targets /
+    targets_mask [B, Lt] (right-padded) at the right, each to the smallest of
+    `bucket_lengths(L, buckets)` that keeps every real token of every row. The
+    result depends on the batch alone, so a resumed run trims exactly as an
+    uninterrupted one; backbones mask padding, so scores change only by float
+    summation order. Other keys are passed through.
+    """
+    out = dict(batch)
+    if "inputs_mask" in batch:
+        li = batch["inputs_mask"].shape[-1]
+        keep = _bucket(int(np.max(np.sum(batch["inputs_mask"] != 0, axis=-1), initial=0)), li, buckets)
+        for k in ("inputs", "inputs_mask"):
+            out[k] = batch[k][:, li - keep:]
+    if "targets_mask" in batch:
+        lt = batch["targets_mask"].shape[-1]
+        keep = _bucket(int(np.max(np.sum(batch["targets_mask"] != 0, axis=-1), initial=0)), lt, buckets)
+        for k in ("targets", "targets_mask"):
+            out[k] = batch[k][:, :keep]
+    return out
+
+
 def references(task, split: str, shard_index: int = 0, num_shards: int = 1) -> list:
     """Gold references in the order of the eval stream (shuffle=False, repeat=False).
 

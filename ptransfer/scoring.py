@@ -165,14 +165,20 @@ class Scorer:
 
     def _batches(self, eval_set: EvalSet):
         """Yields (start, n_real, inputs, inputs_mask) with the last batch padded by
-        repeating row 0 (so shapes and compilations stay fixed)."""
+        repeating row 0 (so the batch size stays fixed), its padding-only columns cut
+        to a bucket length (`data.trim_to_bucket`: at most LENGTH_BUCKETS input
+        lengths compile; single-process runs only, so hosts never disagree)."""
         n, bs = eval_set.size, self.batch_size
+        trim = jax.process_count() == 1
         for start in range(0, n, bs):
             stop = min(start + bs, n)
             idx = np.arange(start, start + bs)
             idx[idx >= n] = 0
-            yield (start, stop - start, sharding.place_host_array(eval_set.inputs[idx], self._batch_sharding),
-                   sharding.place_host_array(eval_set.inputs_mask[idx], self._batch_sharding))
+            part = {"inputs": eval_set.inputs[idx], "inputs_mask": eval_set.inputs_mask[idx]}
+            if trim:
+                part = data.trim_to_bucket(part)
+            yield (start, stop - start, sharding.place_host_array(part["inputs"], self._batch_sharding),
+                   sharding.place_host_array(part["inputs_mask"], self._batch_sharding))
 
     def _prompt(self, prompt):
         if prompt is None:

@@ -17,7 +17,7 @@ import importlib
 import json
 import os
 
-from ptransfer.backbones.layers import check_remat
+from ptransfer.backbones.layers import cast_matmul_params, check_remat, is_low_precision
 from ptransfer.checkpoints.gguf import architecture_of
 from ptransfer.core import assets
 from ptransfer.core.errors import CheckpointError, ConfigError, close_matches_hint
@@ -67,7 +67,10 @@ def configure_backbone(backbone, *, compute_dtype=None, remat=None):
     """`backbone` with its config's compute dtype and / or rematerialization
     replaced (None keeps the config's own); the same object when nothing changes.
 
-    The params are shared, not copied: neither setting changes the parameter tree.
+    Neither setting changes the parameter tree's structure. A low-precision
+    compute dtype (bfloat16, float16) gets its own copy of the matmul weights
+    (`layers.MATMUL_PARAMS`) stored in that dtype, made once here, so no step
+    casts the frozen weights; otherwise the params are shared, not copied.
     """
     import jax.numpy as jnp
 
@@ -90,8 +93,8 @@ def configure_backbone(backbone, *, compute_dtype=None, remat=None):
     # backbone also share the variant and its compiled steps.
     variants = backbone.variants
     key = tuple(sorted((k, str(v)) for k, v in changes.items()))
-    variant = variants.get(key)
-    if variant is not None and variant.params is backbone.params:
+    source, variant = variants.get(key, (None, None))
+    if variant is not None and source is backbone.params:
         return variant
     config = dataclasses.replace(cfg, **changes)
     if hasattr(config, "validate"):
@@ -100,7 +103,10 @@ def configure_backbone(backbone, *, compute_dtype=None, remat=None):
     # rebuilds the module from the new config.
     init = {f.name: getattr(backbone, f.name) for f in dataclasses.fields(backbone) if f.init}
     init["config"] = config
-    variants[key] = variant = type(backbone)(**init)
+    if is_low_precision(config.dtype):
+        init["params"] = cast_matmul_params(backbone.params, jnp.dtype(config.dtype))
+    variant = type(backbone)(**init)
+    variants[key] = (backbone.params, variant)
     return variant
 
 

@@ -4,11 +4,28 @@ Parameters carry logical axis names (T5X vocabulary: 'vocab', 'embed', 'mlp',
 'heads', 'kv', 'joined_kv', 'relpos_buckets'), so one rule table in
 `ptransfer.core.sharding` shards every family. Kernels are stored
 `[in, out]` as T5X does.
+
+Precision policy. A module's `dtype` (the config's compute dtype) is the dtype
+of the matmul OPERANDS only:
+  * float32: every op in float32, as the HF-parity tests check.
+  * bfloat16 / float16: every matmul (`matmul`) takes its operands in that
+    dtype and accumulates and returns float32 (`preferred_element_type`), in
+    the forward pass and in the backward pass alike (the cotangent is cast to
+    the compute dtype before the transposed matmuls). Everything between the
+    matmuls -- residual stream, norms, softmax, activations, RoPE, losses --
+    stays float32: XLA's CPU backend has fast bf16 x bf16 -> f32 dots but no
+    fast bf16 elementwise math and no fast bf16-output dot (it rewrites both
+    into float32 with a convert around every op, which made a bf16 step slower
+    than float32), and float32 elementwise work is cheap next to the matmuls
+    on accelerators too. The frozen matmul weights (`MATMUL_PARAMS`) are
+    stored once in the compute dtype (`cast_matmul_params`), never cast per step.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -71,6 +88,79 @@ def param_with_axes(module: nn.Module, name: str, init, shape: Sequence[int],
     return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype)
 
 
+# Leaf names of the params that only ever feed a matmul (Dense kernels, embedding
+# tables): with a low-precision compute dtype they are stored in it.
+MATMUL_PARAMS = ("kernel", "embedding")
+
+
+def is_low_precision(dtype) -> bool:
+    """True for a compute dtype narrower than float32 (bfloat16, float16)."""
+    return jnp.dtype(dtype).itemsize < 4
+
+
+def activation_dtype(dtype) -> jnp.dtype:
+    """The dtype of activations between matmuls: float32 under every policy
+    (float64 stays float64)."""
+    return jnp.promote_types(jnp.dtype(dtype), jnp.float32)
+
+
+def cast_matmul_params(params, dtype):
+    """`params` with every MATMUL_PARAMS leaf in `dtype` (norm scales, biases,
+    relative-position tables stay as they are). The cast runs once, here."""
+    def cast(path, x):
+        name = getattr(path[-1], "key", None)
+        if name in MATMUL_PARAMS and jnp.issubdtype(x.dtype, jnp.floating):
+            return x.astype(dtype)
+        return x
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+
+def _transposed_specs(spec: str) -> tuple[str, str]:
+    """'ab,bc->ac' -> ('ac,bc->ab', 'ac,ab->bc'): the einsums of the two operand
+    gradients. Every index of an operand must occur in the other or the output."""
+    ins, out = spec.replace(" ", "").split("->")
+    a, b = ins.split(",")
+    for x, other in ((a, b), (b, a)):
+        if not set(x) <= set(other) | set(out) or "." in spec:
+            raise ValueError(f"matmul spec {spec!r}: needs explicit indices, each operand's "
+                             "in the other operand or the output")
+    return f"{out},{b}->{a}", f"{out},{a}->{b}"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _low_precision_einsum(spec, a, b):
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _lpe_fwd(spec, a, b):
+    return _low_precision_einsum(spec, a, b), (a, b)
+
+
+def _lpe_bwd(spec, res, ct):
+    a, b = res
+    da_spec, db_spec = _transposed_specs(spec)
+    ct = ct.astype(a.dtype)  # the transposed matmuls run in the compute dtype too
+    da = jnp.einsum(da_spec, ct, b, preferred_element_type=jnp.float32).astype(a.dtype)
+    db = jnp.einsum(db_spec, ct, a, preferred_element_type=jnp.float32).astype(b.dtype)
+    return da, db
+
+
+_low_precision_einsum.defvjp(_lpe_fwd, _lpe_bwd)
+
+
+def matmul(spec: str, a, b, dtype) -> jax.Array:
+    """einsum(spec, a, b) under the precision policy (module docstring).
+
+    float32 `dtype`: a plain float32 einsum. Low precision: operands cast to
+    `dtype` (a no-op for weights stored in it), float32 accumulation and
+    result, and the backward matmuls in `dtype` with float32 results.
+    `spec` uses explicit indices (no '...'). Returns float32 (float64 for float64).
+    """
+    if not is_low_precision(dtype):
+        return jnp.einsum(spec, a.astype(dtype), b.astype(dtype))
+    return _low_precision_einsum(spec, a.astype(dtype), b.astype(dtype))
+
+
 class RMSNorm(nn.Module):
     """x / rms(x) * scale, computed in float32 (T5, LLaMA, Gemma). [..., D] -> [..., D].
 
@@ -86,7 +176,7 @@ class RMSNorm(nn.Module):
         scale = param_with_axes(self, "scale", nn.initializers.ones, (x.shape[-1],), self.axes)
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
-        return (x32 * scale.astype(jnp.float32)).astype(self.dtype)
+        return (x32 * scale.astype(jnp.float32)).astype(activation_dtype(self.dtype))
 
 
 class LayerNorm(nn.Module):
@@ -104,13 +194,15 @@ class LayerNorm(nn.Module):
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
-        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(
+            activation_dtype(self.dtype))
 
 
 class Dense(nn.Module):
     """y = x @ kernel (+ bias) with kernel [in, out] and named axes.
 
-    `axes` names the kernel's two dimensions, e.g. ('embed', 'mlp').
+    `axes` names the kernel's two dimensions, e.g. ('embed', 'mlp'). x [..., in]
+    -> [..., out] in the activation dtype (float32 under every policy).
     """
 
     features: int
@@ -123,10 +215,15 @@ class Dense(nn.Module):
     def __call__(self, x):
         kernel = param_with_axes(self, "kernel", self.kernel_init,
                                  (x.shape[-1], self.features), self.axes)
-        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        if is_low_precision(self.dtype):
+            lead = x.shape[:-1]
+            y = matmul("mk,kn->mn", x.reshape(-1, x.shape[-1]), kernel, self.dtype)
+            y = y.reshape(lead + (self.features,))
+        else:
+            y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
             bias = param_with_axes(self, "bias", nn.initializers.zeros, (self.features,), self.axes[1:])
-            y = y + bias.astype(self.dtype)
+            y = y + bias.astype(y.dtype)
         return y
 
 
@@ -153,7 +250,8 @@ def dot_product_attention(q, k, v, bias, scale: float | None = None, dtype=jnp.f
       bias: additive float32 bias broadcastable to [B, H, T, S].
       scale: multiplier on q·k (None: 1/sqrt(Dh); T5 passes 1.0).
     Returns:
-      [B, T, H, Dh]. Softmax is taken in float32.
+      [B, T, H, Dh] in the activation dtype. Softmax is taken in float32; both
+      matmuls follow the precision policy (`matmul`).
     """
     heads, kv_heads = q.shape[2], k.shape[2]
     if scale is None:
@@ -161,12 +259,19 @@ def dot_product_attention(q, k, v, bias, scale: float | None = None, dtype=jnp.f
     groups = heads // kv_heads
     b, t = q.shape[0], q.shape[1]
     # [B, T, Hkv, G, Dh] keeps GQA without materializing repeated keys.
-    qg = q.reshape(b, t, kv_heads, groups, q.shape[-1]).astype(dtype)
-    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(dtype)).astype(jnp.float32) * scale
+    qg = q.reshape(b, t, kv_heads, groups, q.shape[-1])
+    if is_low_precision(dtype):
+        logits = matmul("btkgd,bskd->bkgts", qg, k, dtype) * scale
+    else:
+        qg = qg.astype(dtype)
+        logits = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(dtype)).astype(jnp.float32) * scale
     logits = logits.reshape(b, heads, t, k.shape[1]) + bias
-    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    weights = jax.nn.softmax(logits, axis=-1)
     weights = weights.reshape(b, kv_heads, groups, t, k.shape[1])
-    out = jnp.einsum("bkgts,bskd->btkgd", weights, v.astype(dtype))
+    if is_low_precision(dtype):
+        out = matmul("bkgts,bskd->btkgd", weights, v, dtype)
+    else:
+        out = jnp.einsum("bkgts,bskd->btkgd", weights.astype(dtype), v.astype(dtype))
     return out.reshape(b, t, heads, q.shape[-1])
 
 
@@ -180,8 +285,9 @@ def gather_log_probs(logits: jax.Array, ids: jax.Array) -> jax.Array:
 class Embed(nn.Module):
     """Token embedding table [V, D] (axes 'vocab', 'embed'), T5X's `embedding`.
 
-    `__call__` looks ids up: [...] -> [..., D] in `dtype`; `attend` is the
-    tied output head: [..., D] -> [..., V] in float32.
+    `__call__` looks ids up: [...] -> [..., D] in the activation dtype; `attend`
+    is the tied output head: [..., D] -> [..., V] in float32 (its matmul in
+    `dtype` under a low-precision policy).
     """
 
     num_embeddings: int
@@ -196,7 +302,11 @@ class Embed(nn.Module):
                                          (self.num_embeddings, self.features), self.axes)
 
     def __call__(self, ids):
-        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+        return jnp.take(self.embedding, ids, axis=0).astype(activation_dtype(self.dtype))
 
     def attend(self, x):
+        if is_low_precision(self.dtype):
+            lead = x.shape[:-1]
+            y = matmul("md,vd->mv", x.reshape(-1, x.shape[-1]), self.embedding, self.dtype)
+            return y.reshape(lead + (self.num_embeddings,))
         return jnp.dot(x.astype(jnp.float32), self.embedding.astype(jnp.float32).T)

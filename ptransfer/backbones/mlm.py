@@ -80,10 +80,13 @@ from ptransfer.backbones.layers import (
     Dense,
     Embed,
     LayerNorm,
+    activation_dtype,
     check_remat,
     dot_product_attention,
     gather_log_probs,
+    is_low_precision,
     mask_to_bias,
+    matmul,
     param_with_axes,
     remat_layer,
 )
@@ -250,8 +253,13 @@ class MlmHead(nn.Module):
         h = LayerNorm(epsilon=c.layer_norm_epsilon, dtype=c.dtype, name="layer_norm")(
             ACTIVATIONS[c.activation](h))
         bias = param_with_axes(self, "bias", nn.initializers.zeros, (c.vocab_size,), ("vocab",))
-        logits = jnp.einsum("...d,vd->...v", h, embedding.astype(c.dtype),
-                            preferred_element_type=jnp.float32)
+        if is_low_precision(c.dtype):
+            lead = h.shape[:-1]
+            logits = matmul("md,vd->mv", h.reshape(-1, h.shape[-1]), embedding, c.dtype)
+            logits = logits.reshape(lead + (c.vocab_size,))
+        else:
+            logits = jnp.einsum("...d,vd->...v", h, embedding.astype(c.dtype),
+                                preferred_element_type=jnp.float32)
         return logits + bias.astype(jnp.float32)
 
 
@@ -435,14 +443,14 @@ class MlmBackbone(Backbone):
     def _mask_logits_impl(self, params, prompt, inputs, inputs_mask):
         """float32 [B, V] MLM logits at the mask slot; NaN rows where there is none."""
         col, has = self._mask_column(inputs, inputs_mask, prompt_length(prompt))
-        prompt = batched_prompt(prompt, inputs.shape[0], self.config.dtype)
+        prompt = batched_prompt(prompt, inputs.shape[0], activation_dtype(self.config.dtype))
         logits = self.module.apply({"params": params}, inputs, inputs_mask, prompt, col,
                                    method=MlmEncoder.logits_at)
         return jnp.where(has[:, None], logits, jnp.nan)
 
     def _ffn_impl(self, params, prompt, inputs, inputs_mask):
         col, has = self._mask_column(inputs, inputs_mask, prompt_length(prompt))
-        prompt = batched_prompt(prompt, inputs.shape[0], self.config.dtype)
+        prompt = batched_prompt(prompt, inputs.shape[0], activation_dtype(self.config.dtype))
         _, state = self.module.apply({"params": params}, inputs, inputs_mask, prompt, col, True,
                                      method=MlmEncoder.logits_at, mutable=["intermediates"])
         acts = state["intermediates"]
@@ -451,7 +459,7 @@ class MlmBackbone(Backbone):
         return jnp.where(has[None, :, None, None], out, jnp.nan)
 
     def _all_logits_impl(self, params, prompt, inputs):
-        prompt = batched_prompt(prompt, inputs.shape[0], self.config.dtype)
+        prompt = batched_prompt(prompt, inputs.shape[0], activation_dtype(self.config.dtype))
         logits = self.module.apply({"params": params}, inputs, jnp.ones_like(inputs), prompt)
         p = prompt_length(prompt)
         # layout [prompt, start, text] -> input order [start, prompt, text]

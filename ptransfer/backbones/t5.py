@@ -58,6 +58,7 @@ from ptransfer.backbones.layers import (
     Dense,
     Embed,
     RMSNorm,
+    activation_dtype,
     causal_mask,
     check_remat,
     dot_product_attention,
@@ -413,7 +414,7 @@ class Decoder(nn.Module):
         self.layers = [layer(cfg) for _ in range(cfg.num_decoder_layers)]
         self.decoder_norm = _norm(cfg)
         if not cfg.tie_word_embeddings:
-            self.logits_dense = Dense(cfg.vocab_size, ("embed", "vocab"), dtype=jnp.float32,
+            self.logits_dense = Dense(cfg.vocab_size, ("embed", "vocab"), dtype=cfg.compute_dtype,
                                       kernel_init=nn.initializers.variance_scaling(
                                           1.0, "fan_in", "normal"))
 
@@ -554,7 +555,8 @@ class T5Backbone(Backbone):
     def _encode(self, params, prompt, inputs, inputs_mask, mutable=False):
         self.check_prompt(prompt)
         inputs = jnp.asarray(inputs)
-        prompt = batched_prompt(prompt, inputs.shape[0], self.config.compute_dtype)
+        prompt = batched_prompt(prompt, inputs.shape[0],
+                                activation_dtype(self.config.compute_dtype))
         return self.module.apply({"params": params}, inputs, jnp.asarray(inputs_mask), prompt,
                                  method=T5.encode, mutable=mutable)
 

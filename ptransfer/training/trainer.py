@@ -456,6 +456,10 @@ class Trainer:
         def next_batch():
             return pending.pop() if pending else next(batches)
 
+        # Each host trims its own batch, so hosts of a multi-host run could disagree on
+        # the length: only a single-process run trims.
+        trim = jax.process_count() == 1
+
         eval_set = scoring.build_eval_set(task, spec, backbone, cfg.eval_split, cfg.eval_examples,
                                           lengths, truncate_inputs=truncate, mlm=mlm)
         metric = cfg.best_metric or eval_set.primary_metric
@@ -570,8 +574,10 @@ class Trainer:
         t_log, step_log, eval_log = t_loop, step, eval_seconds  # window of the last log line
         try:
             while step < cfg.train_steps:
-                local = next_batch()
-                batch = distributed.global_batch({k: local[k] for k in batch_keys}, mesh)
+                local = {k: v for k, v in next_batch().items() if k in batch_keys}
+                if trim:  # padding-only columns cut to a bucket length (bounded compiles)
+                    local = data.trim_to_bucket(local)
+                batch = distributed.global_batch(local, mesh)
                 batch.update(constants)
                 prompt, opt_state, rng, loss = train_step(prompt, opt_state, rng, params, batch)
                 step += 1
