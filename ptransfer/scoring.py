@@ -79,12 +79,49 @@ class EvalSet:
         return self.spec.primary_metric
 
 
+EVAL_SUBSETS = ("first", "stratified")
+
+
+def stratified_indices(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """A seeded stratified sample of `size` rows of `labels` [N], in split order.
+
+    Every class gets its proportional share (largest remainders, ties to the
+    smaller class id), drawn uniformly within the class with
+    `np.random.default_rng(seed)`; the same labels, size and seed give the same
+    rows, so every prompt compared on a target sees the same examples.
+    """
+    labels = np.asarray(labels)
+    if size >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * size / len(labels)
+    take = np.floor(quota).astype(int)
+    order = sorted(range(len(classes)), key=lambda c: (-(quota[c] - take[c]), c))
+    for c in order[: size - int(take.sum())]:
+        take[c] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(labels == cls), size=int(k), replace=False)
+              for cls, k in zip(classes, take)]
+    return np.sort(np.concatenate(picked))
+
+
 def build_eval_set(task, spec, backbone, split: str, max_examples: int | None,
                    lengths: Mapping[str, int], *, truncate_inputs: str = "right",
-                   mlm: bool = False, chunk: int = 256) -> EvalSet:
-    """The first `max_examples` of `split` in the split's fixed order (None: all),
-    converted once to padded arrays, with the label candidates or references."""
-    want = None if max_examples is None else int(max_examples)
+                   mlm: bool = False, chunk: int = 256, subset: str = "first",
+                   subset_seed: int = 0) -> EvalSet:
+    """`max_examples` of `split` (None: all), converted once to padded arrays, with
+    the label candidates or references.
+
+    subset: 'first' takes the first `max_examples` in the split's fixed order;
+      'stratified' (classification tasks) reads the whole split and keeps a
+      seeded stratified sample (`stratified_indices`), so a subset keeps the
+      split's class proportions (a split sorted by label has no single-class
+      head). Generative tasks always take the first examples.
+    """
+    if subset not in EVAL_SUBSETS:
+        raise ConfigError(f"eval subset {subset!r} is not one of {EVAL_SUBSETS}.")
+    stratify = subset == "stratified" and spec.is_classification and max_examples is not None
+    want = None if max_examples is None or stratify else int(max_examples)
     rows: dict[str, list] = {}
     n = 0
     stream = data.iterate_batches(task, split, chunk if want is None else min(chunk, want),
@@ -102,6 +139,9 @@ def build_eval_set(task, spec, backbone, split: str, max_examples: int | None,
     if n == 0:
         raise DataError(f"task {spec.name!r} split {split!r} has no examples to evaluate on.")
     arrays = {k: np.concatenate(v)[:want] for k, v in rows.items()}
+    if stratify:
+        keep = stratified_indices(arrays["label"], int(max_examples), subset_seed)
+        arrays = {k: v[keep] for k, v in arrays.items()}
     kw: dict[str, Any] = {}
     if spec.is_classification:
         kw["labels"] = arrays["label"].astype(np.int32)

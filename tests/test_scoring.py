@@ -100,3 +100,39 @@ def test_greedy_decoding_is_scored_with_the_task_metrics():
     texts = [bb.vocab.decode([int(t) for t in row if t > 0]).strip() for row in ids]
     assert got["squad_f1"] == pytest.approx(metrics.squad_f1(es.references, texts))
     assert set(got) == {"squad_f1", "squad_em"}
+
+
+def test_stratified_subset_keeps_the_class_proportions_and_is_seeded():
+    """A split sorted by label (its first rows one class) gives a subset with the
+    split's proportions: the largest-remainder shares, hand-computed."""
+    labels = np.array([0] * 62 + [1] * 30 + [2] * 8)
+    idx = scoring.stratified_indices(labels, 25, seed=0)
+    assert len(idx) == 25 and np.all(np.diff(idx) > 0)
+    # quotas 15.5, 7.5, 2.0 -> floors 15, 7, 2 and one more for the class with the larger
+    # remainder (0.5 each: the smaller class id wins)
+    assert np.bincount(labels[idx]).tolist() == [16, 7, 2]
+    np.testing.assert_array_equal(idx, scoring.stratified_indices(labels, 25, seed=0))
+    assert not np.array_equal(idx, scoring.stratified_indices(labels, 25, seed=1))
+    np.testing.assert_array_equal(scoring.stratified_indices(labels, 200), np.arange(100))
+
+
+def test_stratified_eval_subset_of_a_real_corpus_is_not_single_class(assets_dir):
+    """rt's validation split starts with one class: its first 64 examples are
+    (nearly) all positive, the stratified 64 keep the split's proportions."""
+    import tasks
+    from ptransfer.data import load_task
+
+    bb = backbone("llama_tiny")
+    task, _ = load_task("rt", bb)
+    spec, lengths = tasks.get_spec("rt"), {"inputs": 16, "targets": 12}
+    whole = scoring.build_eval_set(task, spec, bb, "validation", None, lengths,
+                                   truncate_inputs="left")
+    first = scoring.build_eval_set(task, spec, bb, "validation", 64, lengths,
+                                   truncate_inputs="left")
+    strat = scoring.build_eval_set(task, spec, bb, "validation", 64, lengths,
+                                   truncate_inputs="left", subset="stratified")
+    share = np.bincount(whole.labels, minlength=2) / whole.size
+    assert np.bincount(first.labels, minlength=2).min() <= 2
+    np.testing.assert_allclose(np.bincount(strat.labels, minlength=2) / 64, share, atol=1 / 64)
+    keep = scoring.stratified_indices(whole.labels, 64)
+    np.testing.assert_array_equal(strat.inputs, whole.inputs[keep])

@@ -28,7 +28,7 @@ from typing import Sequence
 import gin
 
 import tasks as task_registry
-from ptransfer.backbones import load_backbone, resolve_backbone_spec
+from ptransfer.backbones import configure_backbone, load_backbone, resolve_backbone_spec
 from ptransfer.bank import store as bank
 from ptransfer.core.errors import ConfigError
 from ptransfer.core.fileio import write_json as _write_json
@@ -126,7 +126,10 @@ def run_demo(demo: DemoConfig | None = None, base=None) -> str:
     pairs = demo.pairs()
 
     t = time.perf_counter()
-    backbone = load_backbone(resolve_backbone_spec(base.backbone))
+    # Every stage (bank, matrix, TPT, indicators) runs the same variant: the base run's
+    # compute dtype (e.g. bf16 matmuls, weights stored once in bf16) and remat.
+    backbone = configure_backbone(load_backbone(resolve_backbone_spec(base.backbone)),
+                                  compute_dtype=base.compute_dtype, remat=base.remat)
     timings["load_backbone_s"] = time.perf_counter() - t
     base = dataclasses.replace(base, bank_dir=bank_dir, best_metric=demo.metric or base.best_metric)
 
@@ -238,7 +241,11 @@ def _run_info(demo: DemoConfig, base, backbone, entries, timings) -> dict:
         "init": base.init_from,
         "optimizer": f"{base.optimizer.name} lr={base.optimizer.learning_rate}",
         "eval_every": base.eval_every,
-        "eval_examples (validation subset)": base.eval_examples,
+        "eval_examples (validation subset)": f"{base.eval_examples} ({base.eval_subset})",
+        "compute dtype": base.compute_dtype or "float32",
+        "loss": base.loss,
+        "class-balanced sampling": base.balance_classes,
+        "TPT optimizer state": base.init_optimizer,
         "matrix split / examples": f"{demo.matrix_split} / {demo.matrix_eval_examples}",
         "metric": demo.metric,
         "dataset sizes": sizes,

@@ -91,7 +91,8 @@ def check_servable(backbone, spec) -> None:
 
 def cross_task_matrix(backbone, bank_dir: str, targets: Sequence[str], *,
                       sources: Sequence[str] | None = None, split: str = "validation",
-                      eval_examples: int | None = 256, input_length: int = 128,
+                      eval_examples: int | None = 256, eval_subset: str = "stratified",
+                      input_length: int = 128,
                       target_length: int = 16, batch_size: int = 32, data_dir=None,
                       seed: int = 0, metric_name: str | None = None, progress=None) -> dict:
     """Scores every bank prompt of `backbone` on every target; returns the JSON dict above.
@@ -123,7 +124,8 @@ def cross_task_matrix(backbone, bank_dir: str, targets: Sequence[str], *,
         # Evaluation-only tasks (e.g. rt) are scored on their balanced validation split.
         task_split = split if split in spec.splits and not spec.evaluation_only else "validation"
         eval_set = scoring.build_eval_set(task, spec, backbone, task_split, eval_examples, lengths,
-                                          truncate_inputs=default_truncation(backbone), mlm=mlm)
+                                          truncate_inputs=default_truncation(backbone), mlm=mlm,
+                                          subset=eval_subset)
         metric[target] = metric_name or eval_set.primary_metric
         sizes[target] = eval_set.size
         if eval_set.is_classification:
@@ -185,6 +187,7 @@ def cross_task_matrix(backbone, bank_dir: str, targets: Sequence[str], *,
         "baselines_relative": {b: relative(v) for b, v in baselines.items()},
         "eval_sizes": sizes,
         "split": split,
+        "eval_subset": eval_subset,
         "prompt_shape": list(stack.shape[1:]),
         "per_example": per_example,
         "intervals": score_intervals(per_example, metric, seed=seed),

@@ -34,6 +34,7 @@ class EvalConfig:
     prompt_length: int = 100
     split: str = "validation"
     eval_examples: int | None = None
+    eval_subset: str = "stratified"   # or 'first'; see scoring.build_eval_set
     batch_size: int = 32
     input_length: int = 128
     target_length: int = 16
@@ -84,7 +85,7 @@ def run_eval(cfg: EvalConfig, *, backbone=None) -> dict:
     lengths = {"inputs": cfg.input_length, "targets": cfg.target_length}
     eval_set = scoring.build_eval_set(task, spec, backbone, cfg.split, cfg.eval_examples, lengths,
                                       truncate_inputs=cfg.truncate_inputs or default_truncation(backbone),
-                                      mlm=mlm)
+                                      mlm=mlm, subset=cfg.eval_subset)
     scorer = scoring.Scorer(backbone, params=params, batch_size=cfg.batch_size, mesh=mesh)
     metrics = scorer.evaluate(prompt, eval_set)
     result = {"task": cfg.task, "split": cfg.split, "backbone": backbone.name,

@@ -121,6 +121,8 @@ class TrainConfig:
     eval_every:        evaluate every N steps (0: only at the end); also at step 0
                        when `eval_at_start`
     eval_examples:     size of the fixed validation subset (None: the whole split)
+    eval_subset:       'stratified' (a seeded stratified sample of the split, default) or
+                       'first' (its first eval_examples); see `scoring.build_eval_set`
     loss:              'lm' (the target tokens over the full vocabulary) or
                        'verbalizer' (cross-entropy over the label words only);
                        see the module docstring
@@ -167,6 +169,7 @@ class TrainConfig:
     eval_every: int = 100
     eval_at_start: bool = True
     eval_examples: int | None = 256
+    eval_subset: str = "stratified"
     eval_batch_size: int | None = None
     best_metric: str | None = None
     loss_normalization: str = "token"
@@ -210,6 +213,9 @@ class TrainConfig:
             raise ConfigError(f"export {self.export!r}: use 'best' or 'final'.")
         if not self.model_dir:
             raise ConfigError("MODEL_DIR is empty; give a directory for checkpoints.")
+        if self.eval_subset not in scoring.EVAL_SUBSETS:
+            raise ConfigError(f"eval_subset {self.eval_subset!r} is not one of "
+                              f"{scoring.EVAL_SUBSETS}.")
         if self.eval_examples is not None and self.eval_examples <= 0:
             raise ConfigError(f"eval_examples must be positive or None, got {self.eval_examples}.")
         if self.compute_dtype is not None:
@@ -461,7 +467,8 @@ class Trainer:
         trim = jax.process_count() == 1
 
         eval_set = scoring.build_eval_set(task, spec, backbone, cfg.eval_split, cfg.eval_examples,
-                                          lengths, truncate_inputs=truncate, mlm=mlm)
+                                          lengths, truncate_inputs=truncate, mlm=mlm,
+                                          subset=cfg.eval_subset)
         metric = cfg.best_metric or eval_set.primary_metric
         scorer = scoring.Scorer(backbone, params=params, mesh=mesh,
                                 batch_size=cfg.eval_batch_size or cfg.batch_size)
