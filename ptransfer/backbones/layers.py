@@ -23,9 +23,8 @@ of the matmul OPERANDS only:
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
-
 import functools
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
