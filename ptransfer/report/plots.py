@@ -70,7 +70,7 @@ def cross_model_bars(cross_model: dict, path: str) -> str:
     directions = cross_model["directions"]
     bars = [m for m in cross_model["mappers"]] + ["no_prompt", "random_prompt"]
     fig, axes = plt.subplots(1, len(directions), squeeze=False,
-                             figsize=(max(5.0, 1.1 * len(groups) * len(bars) / 3 + 2) *
+                             figsize=(max(5.0, 0.22 * len(groups) * len(bars) + 2) *
                                       len(directions), 4.2))
     width = 0.8 / len(bars)
     colors = plt.get_cmap("tab10")
