@@ -157,3 +157,28 @@ def test_wilson_interval_and_task_groups():
     assert wilson_interval(50.0, 0) is None
     assert task_groups(["trec", "imdb", "mr"], ["mr"]) == {
         "trec": "other_types", "imdb": "unseen_same_type", "mr": "trained_on"}
+
+
+def test_tpt_model_from_the_best_mapper_and_its_rerun(tmp_path):
+    bank_dir, out = tmp_path / "bank", tmp_path / "out"
+    _fill(bank_dir, tasks_=["mr", "tweets"], seeds=(0,))
+    tpt = ["--mappers", "v2v-lin,lin-comb", "--tpt-steps", "2", "--tpt-eval-every", "1",
+           "--tpt-tasks", "mr", "--tpt-batch-size", "4"]
+    assert _command(bank_dir, out, *tpt, tasks_=["mr", "tweets"]) == 0
+    (d,) = _read(out)["directions"]
+    best = max(["v2v-lin", "lin-comb"], key=lambda m: d["table"][m]["all"])
+    assert d["tpt_mapper"] == best and set(d["tpt"]) == {"mr"}
+    pair = d["tpt"]["mr"]
+    assert pair["mapper"] == best and pair["source_entry"] == "mlm_tiny/mr/seed0"
+    assert [s for s, _ in pair["pt"]["curves"]["0"]] == [0, 1, 2]
+    assert [s for s, _ in pair["tpt"]["curves"]["0"]] == [0, 1, 2]
+    assert pair["speedups"]["0"]["convergence"] > 0
+    # TPT started from the mapped prompt: the file is the mapper's map of the bank prompt.
+    src, tgt = load_backbone("preset:mlm_tiny"), load_backbone("preset:llama_tiny")
+    prompt = bank.find_entry(str(bank_dir), "mlm_tiny", "mr", "seed0").read()[0]
+    want = mappers.load(d["mappers"][best]["dir"]).apply(prompt, source=src, target=tgt)
+    np.testing.assert_array_equal(np.load(pair["mapped_prompt"]), want)
+    assert os.path.getsize(out / "tpt_model_mlm_tiny_to_llama_tiny_mr.png") > 0
+    assert _command(bank_dir, out, *tpt, tasks_=["mr", "tweets"]) == 0
+    run = _read(out)["run"]
+    assert (run["tpt_pairs_run"], run["tpt_pairs_reused"], run["scored_cells"]) == (0, 1, 0)

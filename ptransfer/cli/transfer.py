@@ -87,6 +87,15 @@ def add_cli(subparsers) -> None:
     c.add_argument("--projector-hidden", type=int, default=768)
     c.add_argument("--projector-steps", type=int, default=1000)
     c.add_argument("--projector-learning-rate", type=float, default=1e-3)
+    c.add_argument("--tpt-steps", type=int, default=0,
+                   help="> 0: TPT_MODEL from the best mapper (PT on the target from its mapped "
+                        "prompt vs the usual init) for this many steps")
+    c.add_argument("--tpt-tasks", type=_csv, default=[], help="TPT tasks (default: all --tasks)")
+    c.add_argument("--tpt-seeds", type=lambda s: [int(x) for x in _csv(s)], default=[0])
+    c.add_argument("--tpt-eval-every", type=int, default=0, help="0: tpt-steps / 5")
+    c.add_argument("--tpt-init", default="vocab", help="init of vanilla PT")
+    c.add_argument("--tpt-batch-size", type=int, default=8)
+    c.add_argument("--tpt-learning-rate", type=float, default=0.3)
     c.set_defaults(func=_run_cross_model)
 
     from ptransfer.cli import project as project_cli
@@ -176,7 +185,10 @@ def _run_cross_model(args) -> int:
         data_dir=args.data_dir, seed=args.seed, lin_comb_tokens=args.lin_comb_tokens,
         relative_anchors=args.relative_anchors, relative_steps=args.relative_steps,
         projector_hidden=args.projector_hidden, projector_steps=args.projector_steps,
-        projector_learning_rate=args.projector_learning_rate)
+        projector_learning_rate=args.projector_learning_rate, tpt_steps=args.tpt_steps,
+        tpt_tasks=tuple(args.tpt_tasks), tpt_seeds=tuple(args.tpt_seeds),
+        tpt_eval_every=args.tpt_eval_every, tpt_init=args.tpt_init,
+        tpt_batch_size=args.tpt_batch_size, tpt_learning_rate=args.tpt_learning_rate)
     from ptransfer.backbones import load_backbone, resolve_backbone_spec
     from ptransfer.bank import store as bank
     from ptransfer.report import plots
@@ -184,7 +196,13 @@ def _run_cross_model(args) -> int:
     bank.list_entries(args.bank, require=True)  # a missing or empty bank fails before loading
     source = load_backbone(resolve_backbone_spec(args.source_backbone))
     target = load_backbone(resolve_backbone_spec(args.target_backbone))
-    result = run_cross_model(args.bank, source, target, cfg, args.out)
+    result = run_cross_model(args.bank, source, target, cfg, args.out,
+                             specs={source.name: args.source_backbone,
+                                    target.name: args.target_backbone})
     plots.cross_model_bars(result, os.path.join(args.out, "cross_model_relative.png"))
+    for direction in result["directions"]:
+        for task, pair in direction.get("tpt", {}).items():
+            plots.tpt_curves(pair, os.path.join(
+                args.out, f"tpt_model_{direction['source']}_to_{direction['target']}_{task}.png"))
     print(os.path.join(os.path.abspath(args.out), "cross_model.json"))
     return 0

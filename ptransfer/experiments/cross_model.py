@@ -43,7 +43,7 @@ from ptransfer import data, scoring
 from ptransfer.backbones import load_backbone, resolve_backbone_spec
 from ptransfer.bank import store as bank
 from ptransfer.core.errors import CheckpointError, ConfigError, close_matches_hint
-from ptransfer.core.fileio import write_json
+from ptransfer.core.fileio import write_json, write_npy
 from ptransfer.data import default_truncation, load_task
 from ptransfer.experiments.matrix import check_servable, order_by_type
 from ptransfer.experiments.tpt import run_pair
@@ -67,6 +67,8 @@ from ptransfer.projector.training import (
     train_projector,
 )
 from ptransfer.prompts import embedding_std, random_prompt_like
+from ptransfer.training.optimizer import OptimizerConfig
+from ptransfer.training.trainer import TrainConfig
 from tasks.registry import vocab_key
 
 log = logging.getLogger(__name__)
@@ -303,10 +305,24 @@ class CrossModelConfig:
     projector_activation: str = "tanh"
     projector_steps: int = 1000
     projector_learning_rate: float = 1e-3
+    tpt_steps: int = 0                  # > 0: TPT_MODEL from the best mapper (see run_tpt_model)
+    tpt_tasks: tuple[str, ...] = ()     # () = every task
+    tpt_seeds: tuple[int, ...] = (0,)
+    tpt_eval_every: int = 0             # 0: tpt_steps // 5 (at least 1)
+    tpt_init: str = "vocab"             # the usual init of vanilla PT
+    tpt_batch_size: int = 8
+    tpt_learning_rate: float = 0.3
 
     def __post_init__(self):
-        for name in ("tasks", "train_tasks", "mappers"):
+        for name in ("tasks", "train_tasks", "mappers", "tpt_tasks", "tpt_seeds"):
             object.__setattr__(self, name, tuple(dict.fromkeys(getattr(self, name))))
+        outside = [t for t in self.tpt_tasks if t not in self.tasks]
+        if outside:
+            raise ConfigError(f"TPT task(s) {', '.join(outside)} are not among --tasks "
+                              f"({', '.join(self.tasks)}); TPT_MODEL starts from their mapped "
+                              "prompts, so add them to --tasks.")
+        if self.tpt_steps < 0 or (self.tpt_steps and not self.tpt_seeds):
+            raise ConfigError("--tpt-steps must be >= 0 and TPT needs at least one seed.")
         if not self.tasks:
             raise ConfigError("cross-model transfer needs at least one target task (--tasks).")
         for t in self.tasks + self.train_tasks:
@@ -315,6 +331,14 @@ class CrossModelConfig:
         if unknown or not self.mappers:
             raise ConfigError(f"unknown mapper {unknown[0] if unknown else ''!r}."
                               + close_matches_hint(unknown[0] if unknown else "", MAPPER_NAMES))
+
+    def tpt_settings(self) -> dict:
+        return {"steps": self.tpt_steps, "seeds": list(self.tpt_seeds),
+                "eval_every": self.tpt_eval_every or max(1, self.tpt_steps // 5),
+                "init": self.tpt_init, "batch_size": self.tpt_batch_size,
+                "learning_rate": self.tpt_learning_rate, "eval_examples": self.eval_examples,
+                "input_length": self.input_length, "target_length": self.target_length,
+                "metric": self.metric, "data_dir": self.data_dir}
 
     def eval_settings(self) -> dict:
         return {k: getattr(self, k) for k in ("split", "eval_examples", "input_length",
@@ -473,6 +497,9 @@ def _previous_cells(path: str) -> dict[str, dict]:
             for cell in per_task.values():
                 if isinstance(cell, dict) and "key" in cell:
                     out[cell["key"]] = cell
+        for pair in d.get("tpt", {}).values():
+            if isinstance(pair, dict) and "key" in pair:
+                out[pair["key"]] = pair
     return out
 
 
@@ -484,7 +511,8 @@ def _group_means(relative: Mapping[str, float | None], groups: Mapping[str, str]
     return out
 
 
-def run_cross_model(bank_dir: str, source, target, cfg: CrossModelConfig, out_dir: str) -> dict:
+def run_cross_model(bank_dir: str, source, target, cfg: CrossModelConfig, out_dir: str, *,
+                    specs: Mapping[str, str] | None = None) -> dict:
     """Fits every mapper, maps the source's bank prompts of `cfg.tasks` and scores them on
     the target (and the reverse with both_directions); writes `<out>/cross_model.json`
     (returned) and each mapper under `<out>/mappers/<name>/<source>_to_<target>/`.
@@ -492,7 +520,9 @@ def run_cross_model(bank_dir: str, source, target, cfg: CrossModelConfig, out_di
     Resumable: a mapper file whose fit key (pair, embeddings, settings, training
     prompts) matches is loaded instead of fit, and a cell whose key (direction,
     mapper fit key, task, evaluation settings, prompts) is in the existing JSON is
-    kept; the JSON is rewritten after each target task.
+    kept; the JSON is rewritten after each target task. With `cfg.tpt_steps`,
+    TPT_MODEL runs per direction from its best mapper (`run_tpt_model`); `specs`
+    {backbone id: spec} then names each backbone in the runs' configs.
     """
     t_start = time.perf_counter()
     if source.name == target.name:
@@ -529,7 +559,8 @@ def run_cross_model(bank_dir: str, source, target, cfg: CrossModelConfig, out_di
         "relative_performance": "score / score of the target's own bank prompt(s) of the task",
         "directions": [], "complete": False,
     }
-    run = {"fitted_mappers": [], "reused_mappers": [], "scored_cells": 0, "reused_cells": 0}
+    run = {"fitted_mappers": [], "reused_mappers": [], "scored_cells": 0, "reused_cells": 0,
+           "tpt_pairs_run": 0, "tpt_pairs_reused": 0}
     aligned: dict[str, SharedTokens] = {}
     align_s = [0.0]
 
@@ -548,11 +579,17 @@ def run_cross_model(bank_dir: str, source, target, cfg: CrossModelConfig, out_di
 
     for a, b in directions:
         t = time.perf_counter()
-        direction = _run_direction(a, b, bank_dir, cfg, out_dir, prompts, keys, order, groups,
-                                   previous, run, shared_for(a, b), result, path)
+        direction, fitted = _run_direction(a, b, bank_dir, cfg, out_dir, prompts, keys, order,
+                                           groups, previous, run, shared_for(a, b), result, path)
         if direction["shared_tokens"] is None:
             direction["shared_tokens"] = shared_for(a, b)().count
         direction["wall_s"] = round(time.perf_counter() - t, 3)
+        if cfg.tpt_steps:
+            t = time.perf_counter()
+            run_tpt_model(direction, fitted, a, b, prompts[a.name], cfg, out_dir, previous, run,
+                          (specs or {}).get(b.name, b.name))
+            direction["tpt_wall_s"] = round(time.perf_counter() - t, 3)
+            write_json(path, result)
     result["complete"] = True
     result["run"] = run
     result["wall_times"] = {"align_s": round(align_s[0], 3),
@@ -695,7 +732,7 @@ def _run_direction(a, b, bank_dir, cfg, out_dir, prompts, keys, order, groups, p
                      direction["name"], t, len(todo), eval_set.size, stack_s)
         _relative(direction, order, groups)
         write_json(path, result)
-    return direction
+    return direction, fitted
 
 
 def _relative(direction: dict, order: Sequence[str], groups: Mapping[str, str]) -> None:
@@ -714,3 +751,57 @@ def _relative(direction: dict, order: Sequence[str], groups: Mapping[str, str]) 
             rows[name] = rel
     direction["relative"] = rows
     direction["table"] = {name: _group_means(rel, groups) for name, rel in rows.items()}
+
+
+def best_mapper(direction: Mapping) -> str | None:
+    """The mapper with the highest mean relative performance over all tasks (None: none scored)."""
+    scored = {m: direction["table"][m]["all"] for m in direction["cells"]
+              if direction["table"].get(m, {}).get("all") is not None}
+    return max(scored, key=scored.get) if scored else None
+
+
+def run_tpt_model(direction: dict, fitted: Mapping[str, Mapper], a, b, source_prompts,
+                  cfg: CrossModelConfig, out_dir: str, previous: Mapping[str, dict], run: dict,
+                  target_spec: str) -> None:
+    """TPT_MODEL on target `b`: per TPT task, vanilla PT (cfg.tpt_init) vs PT initialized from
+    the best mapper's map of the source's first bank prompt of that task, with the same
+    settings and seeds (`tpt.run_pair`, speedups of `experiments.speedups`). Fills
+    direction["tpt"] {task: pair JSON + key, mapper, source_entry}; a pair whose key
+    (mapper fit key, source prompt, settings) is in `previous` is kept.
+    """
+    best = best_mapper(direction)
+    direction["tpt_mapper"] = best
+    direction["tpt"] = {}
+    if best is None:
+        log.warning("cross-model %s: no mapper scored; TPT_MODEL skipped", direction["name"])
+        return
+    settings = cfg.tpt_settings()
+    work = os.path.join(out_dir, "tpt", _direction_dir(a, b))
+    for t in cfg.tpt_tasks or direction["cells"][best].keys():
+        entry, prompt = source_prompts[t][0]
+        key = _fingerprint({"tpt": direction["name"], "task": t, "mapper": best,
+                            "fit_key": fitted[best].summary["fit_key"],
+                            "prompt": _digest([prompt]), **settings})
+        if key in previous:
+            direction["tpt"][t] = previous[key]
+            run["tpt_pairs_reused"] += 1
+            continue
+        mapped_path = os.path.join(work, "mapped", f"{best}.{t}.{entry.run}.npy")
+        os.makedirs(os.path.dirname(mapped_path), exist_ok=True)
+        write_npy(mapped_path, fitted[best].apply(prompt, source=a, target=b))
+        base = TrainConfig(
+            backbone=target_spec, task=t, model_dir=os.path.join(work, "unused"),
+            prompt_length=int(prompt.shape[0]), init_from=cfg.tpt_init,
+            batch_size=cfg.tpt_batch_size, train_steps=cfg.tpt_steps,
+            optimizer=OptimizerConfig(learning_rate=cfg.tpt_learning_rate),
+            eval_every=settings["eval_every"], eval_examples=cfg.eval_examples,
+            input_length=cfg.input_length, target_length=cfg.target_length,
+            data_dir=cfg.data_dir, best_metric=cfg.metric, checkpoint_every=cfg.tpt_steps,
+            progress=False)
+        pair = run_pair(base, mapped_path, f"{best}.{t}", t, list(cfg.tpt_seeds), work,
+                        backbone=b, init_scheme="projected")
+        pair.update({"key": key, "kind": "tpt_model", "mapper": best, "source_entry": entry.ref,
+                     "source_backbone": a.name, "target_backbone": b.name,
+                     "mapped_prompt": mapped_path, "settings": settings})
+        direction["tpt"][t] = pair
+        run["tpt_pairs_run"] += 1
