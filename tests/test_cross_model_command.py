@@ -114,6 +114,8 @@ def test_command_writes_every_artifact_reruns_as_a_noop_and_refits_what_changed(
     assert again["run"] == {"fitted_mappers": [], "reused_mappers": result["run"]["fitted_mappers"],
                             "scored_cells": 0, "reused_cells": 24}
     assert _mapper_files(out) == files
+    assert all(again["directions"][0]["mappers"][n]["reused"] for n in NAMES)
+    assert not any(d["mappers"][n]["reused"] for n in NAMES)
     assert again["directions"][0]["cells"] == d["cells"]
 
     # Another relative setting and the reverse direction: the forward v2v-lin and its
@@ -146,7 +148,13 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys):
     assert "no prompt tuned on 'mlm_tiny' for task(s) tweets" in capsys.readouterr().err
     assert _command(bank_dir, tmp_path / "o4", "--mappers", "v2v,relative") == 2
     assert "unknown mapper 'v2v'" in capsys.readouterr().err
-    assert not any(os.path.exists(tmp_path / o / "cross_model.json") for o in ("o1", "o2", "o3"))
+    bank.write_entry(str(bank_dir), "mlm_tiny", "tweets", "long", np.zeros((5, 32), np.float32),
+                     {"init": "random", "steps": 0, "seed": 0})
+    assert _command(bank_dir, tmp_path / "o5", tasks_=["mr", "tweets"]) == 2
+    assert "different shapes (mlm_tiny/mr/seed0: [3, 32]; mlm_tiny/tweets/long: [5, 32])" in \
+        capsys.readouterr().err
+    assert not any(os.path.exists(tmp_path / o / "cross_model.json")
+                   for o in ("o1", "o2", "o3", "o4", "o5"))
 
 
 def test_wilson_interval_and_task_groups():

@@ -10,13 +10,17 @@ random prompt and the target's own prompt, in `cross_model.json`:
   tasks (ordered by type), train_tasks, task_types, groups {task: trained_on |
   unseen_same_type | other_types}, mappers, baselines, settings, intervals,
   directions [{source, target, name, prompt_shape, shared_tokens,
-               mappers {name: {kind, settings, dir, fit_key, fit_on, fit_s,
-                               apply_s, shared_tokens} or {..., skipped}},
+               mappers {name: {kind, settings, dir, fit_key, fit_on, fit_s (of
+                               the fit, also when reused), reused, apply_s,
+                               shared_tokens} or {kind, settings, skipped}},
                cells {mapper: {task: cell}},
                baselines {no_prompt|random_prompt|own_prompt: {task: cell}},
                relative {mapper|baseline: {task: value}},
-               table {mapper|baseline: {group|all: mean relative}}}],
-  run {fitted_mappers, reused_mappers, scored_cells, reused_cells},
+               table {mapper|baseline: {group|all: mean relative}}, wall_s,
+               with --tpt-steps: tpt_mapper, tpt {task: tpt.run_pair JSON + key,
+               mapper, source_entry, mapped_prompt, settings}, tpt_wall_s}],
+  run {fitted_mappers, reused_mappers, scored_cells, reused_cells, tpt_pairs_run,
+       tpt_pairs_reused} (what this run did),
   wall_times {align_s, total_s}, complete
 
   cell = {key, metric, score, score_std, scores, prompts (bank refs),
@@ -543,8 +547,10 @@ def run_cross_model(bank_dir: str, source, target, cfg: CrossModelConfig, out_di
                               f"{b.name!r}; train them first or drop them from --tasks.")
         for t in cfg.tasks:
             check_servable(b, tasks.get_spec(t))
-    keys = {name: backbone_key(bb) for name, bb in backbones.items()}
     order = order_by_type(list(cfg.tasks))
+    for a, _ in directions:
+        _sources(a, prompts[a.name], order)  # one prompt shape per direction, checked up front
+    keys = {name: backbone_key(bb) for name, bb in backbones.items()}
     groups = task_groups(order, cfg.train_tasks)
     result = {
         "format": "ptransfer-cross-model", "bank": os.path.abspath(bank_dir),
@@ -598,16 +604,22 @@ def run_cross_model(bank_dir: str, source, target, cfg: CrossModelConfig, out_di
     return result
 
 
-def _run_direction(a, b, bank_dir, cfg, out_dir, prompts, keys, order, groups, previous, run,
-                   shared, result, path) -> dict:
-    """One direction a -> b of `run_cross_model` (see there)."""
-    sources = [(e, p) for t in order for e, p in prompts[a.name][t]]
+def _sources(a, prompts_a, order):
+    """[(entry, prompt)] of `a` to map, in task order, and their stack [N, L, d]
+    (ConfigError when their shapes differ)."""
+    sources = [(e, p) for t in order for e, p in prompts_a[t]]
     shapes = {e.ref: tuple(p.shape) for e, p in sources}
     if len(set(shapes.values())) > 1:
         listing = "; ".join(f"{ref}: {list(s)}" for ref, s in shapes.items())
         raise ConfigError(f"the prompts of {a.name!r} to map have different shapes ({listing}); "
                           "a mapper serves one prompt length: choose tasks of one length.")
-    stack = np.stack([p for _, p in sources])
+    return sources, np.stack([p for _, p in sources])
+
+
+def _run_direction(a, b, bank_dir, cfg, out_dir, prompts, keys, order, groups, previous, run,
+                   shared, result, path) -> tuple[dict, dict[str, Mapper]]:
+    """One direction a -> b of `run_cross_model` (see there): (its JSON, fitted mappers)."""
+    sources, stack = _sources(a, prompts[a.name], order)
     length = int(stack.shape[1])
     pair_key = {"source": keys[a.name], "target": keys[b.name], "prompt_length": length}
     direction = {"source": a.name, "target": b.name, "name": f"{a.name}->{b.name}",
@@ -640,7 +652,8 @@ def _run_direction(a, b, bank_dir, cfg, out_dir, prompts, keys, order, groups, p
                     mapper = loaded
             except CheckpointError as e:
                 log.warning("cross-model: refitting %s (%s)", directory, e)
-        if mapper is None:
+        reused = mapper is not None
+        if not reused:
             mapper = _fit_mapper(name, a, b, length, shared, cfg, bank_dir, out_dir)
             mapper.summary.update({"fit_key": fit_key, "fit_s": round(time.perf_counter() - t, 3)})
             mapper.save(directory, overwrite=True)
@@ -649,7 +662,7 @@ def _run_direction(a, b, bank_dir, cfg, out_dir, prompts, keys, order, groups, p
             run["reused_mappers"].append(f"{direction['name']}:{name}")
         fitted[name] = mapper
         info.update({"dir": directory, "fit_key": fit_key, "fit_on": _fit_on(name, mapper, cfg),
-                     "fit_s": mapper.summary.get("fit_s"),
+                     "fit_s": mapper.summary.get("fit_s"), "reused": reused,
                      "shared_tokens": mapper.summary.get("shared_tokens")})
         if direction["shared_tokens"] is None and info["shared_tokens"] is not None:
             direction["shared_tokens"] = int(info["shared_tokens"])
