@@ -112,7 +112,8 @@ def test_command_writes_every_artifact_reruns_as_a_noop_and_refits_what_changed(
     assert _command(bank_dir, out) == 0
     again = _read(out)
     assert again["run"] == {"fitted_mappers": [], "reused_mappers": result["run"]["fitted_mappers"],
-                            "scored_cells": 0, "reused_cells": 24}
+                            "scored_cells": 0, "reused_cells": 24, "tpt_pairs_run": 0,
+                            "tpt_pairs_reused": 0}
     assert _mapper_files(out) == files
     assert all(again["directions"][0]["mappers"][n]["reused"] for n in NAMES)
     assert not any(d["mappers"][n]["reused"] for n in NAMES)
@@ -149,7 +150,7 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys):
     assert _command(bank_dir, tmp_path / "o4", "--mappers", "v2v,relative") == 2
     assert "unknown mapper 'v2v'" in capsys.readouterr().err
     bank.write_entry(str(bank_dir), "mlm_tiny", "tweets", "long", np.zeros((5, 32), np.float32),
-                     {"init": "random", "steps": 0, "seed": 0})
+                     {"init": "random", "steps": 0, "best_score": None, "metric": None, "seed": 0})
     assert _command(bank_dir, tmp_path / "o5", tasks_=["mr", "tweets"]) == 2
     assert "different shapes (mlm_tiny/mr/seed0: [3, 32]; mlm_tiny/tweets/long: [5, 32])" in \
         capsys.readouterr().err
