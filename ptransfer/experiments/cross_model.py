@@ -1,32 +1,81 @@
 """Cross-model transfer end to end: a projector trained from the prompt bank,
-applied into the bank, and TPT_MODEL (prompt tuning on the target backbone
-initialized from projected prompts)."""
+applied into the bank, TPT_MODEL (prompt tuning on the target backbone
+initialized from projected prompts), and the cross-model harness
+(`run_cross_model`, `ptransfer transfer cross-model`): every mapper of
+`ptransfer.projector.mappers` fit once per direction, the source backbone's
+bank prompts mapped and scored zero-shot on the target beside no prompt, a
+random prompt and the target's own prompt, in `cross_model.json`:
+
+  format, bank, backbones {id: {id, vocab, d_model, table digest, layers}},
+  tasks (ordered by type), train_tasks, task_types, groups {task: trained_on |
+  unseen_same_type | other_types}, mappers, baselines, settings, intervals,
+  directions [{source, target, name, prompt_shape, shared_tokens,
+               mappers {name: {kind, settings, dir, fit_key, fit_on, fit_s (of
+                               the fit, also when reused), reused, apply_s,
+                               shared_tokens} or {kind, settings, skipped}},
+               cells {mapper: {task: cell}},
+               baselines {no_prompt|random_prompt|own_prompt: {task: cell}},
+               relative {mapper|baseline: {task: value}},
+               table {mapper|baseline: {group|all: mean relative}}, wall_s,
+               with --tpt-steps: tpt_mapper, tpt {task: tpt.run_pair JSON + key,
+               mapper, source_entry, mapped_prompt, settings}, tpt_wall_s}],
+  run {fitted_mappers, reused_mappers, scored_cells, reused_cells, tpt_pairs_run,
+       tpt_pairs_reused} (what this run did),
+  wall_times {align_s, total_s}, complete
+
+  cell = {key, metric, score, score_std, scores, prompts (bank refs),
+          examples, accuracy, accuracy_interval [low, high] (Wilson 95%),
+          stack_eval_s, relative}
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import logging
+import math
 import os
-from typing import Any, Callable, Iterable, Iterator, Mapping
+import tempfile
+import time
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ptransfer import data
+import tasks
+from ptransfer import data, scoring
 from ptransfer.backbones import load_backbone, resolve_backbone_spec
 from ptransfer.bank import store as bank
-from ptransfer.core.errors import ConfigError, close_matches_hint
+from ptransfer.core.errors import CheckpointError, ConfigError, close_matches_hint
+from ptransfer.core.fileio import write_json, write_npy
 from ptransfer.data import default_truncation, load_task
+from ptransfer.experiments.matrix import check_servable, order_by_type
 from ptransfer.experiments.tpt import run_pair
-from ptransfer.prompts import embedding_std
-
-PyTree = Any
+from ptransfer.projector import mappers
+from ptransfer.projector.mappers import (
+    LinComb,
+    Mapper,
+    ProjectorMapper,
+    Relative,
+    SharedTokens,
+    V2VLin,
+)
 from ptransfer.projector.model import Projector, ProjectorSpec, backbone_id
 from ptransfer.projector.training import (
     ProjectorRecipe,
+    TrainSettings,
     bank_prompt_pairs,
     bank_source_prompts,
     l2_distances,
     repeat_task_batches,
     train_projector,
 )
+from ptransfer.prompts import embedding_std, random_prompt_like
+from ptransfer.training.optimizer import OptimizerConfig
+from ptransfer.training.trainer import TrainConfig
+from tasks.registry import vocab_key
+
+log = logging.getLogger(__name__)
 
 # ---- end to end: train from the bank, apply into the bank, TPT_MODEL ---------------
 
@@ -214,3 +263,558 @@ def tpt_model(base, projector_dir: str, bank_dir: str, source_ref: str, seeds, o
                  "source_entry": source.ref, "projected_entry": os.path.abspath(path),
                  "source_backbone": source.backbone, "target_backbone": backbone.name})
     return pair
+
+
+# ---- the cross-model harness: every mapper x target task x direction ---------------
+
+MAPPER_NAMES = ("v2v-lin", "lin-comb", "lin-comb-nn", "relative", "projector")
+BASELINES = ("no_prompt", "random_prompt", "own_prompt")
+GROUPS = ("trained_on", "unseen_same_type", "other_types")
+RESULT_FILE = "cross_model.json"
+# Bank entries written by a mapper (not prompt-tuned on their backbone): never used
+# as a backbone's own prompt nor mapped again.
+MAPPED_KINDS = frozenset({"projected", "recycled", "random", "mapped"})
+_Z95 = 1.959963984540054
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossModelConfig:
+    """What `ptransfer transfer cross-model` runs (flags of the command).
+
+    tasks:        target tasks: each source prompt of task T is mapped and scored on T
+    train_tasks:  the projector's distance-minimizing tasks (prompt pairs from the bank)
+    mappers:      names from MAPPER_NAMES (`lin-comb-nn` = non-negative lin-comb)
+    both_directions: also target -> source
+    The rest: evaluation (as `transfer matrix`) and each mapper's settings.
+    """
+
+    tasks: tuple[str, ...]
+    train_tasks: tuple[str, ...] = ()
+    mappers: tuple[str, ...] = MAPPER_NAMES
+    both_directions: bool = False
+    split: str = "validation"
+    eval_examples: int | None = 256
+    input_length: int = 128
+    target_length: int = 16
+    batch_size: int = 32
+    metric: str | None = None
+    data_dir: str | None = None
+    seed: int = 0
+    lin_comb_tokens: int | None = None
+    lin_comb_iterations: int = 500
+    relative_anchors: int = 4096
+    relative_steps: int = 300
+    relative_learning_rate: float = 0.01
+    projector_hidden: int = 768
+    projector_activation: str = "tanh"
+    projector_steps: int = 1000
+    projector_learning_rate: float = 1e-3
+    tpt_steps: int = 0                  # > 0: TPT_MODEL from the best mapper (see run_tpt_model)
+    tpt_tasks: tuple[str, ...] = ()     # () = every task
+    tpt_seeds: tuple[int, ...] = (0,)
+    tpt_eval_every: int = 0             # 0: tpt_steps // 5 (at least 1)
+    tpt_init: str = "vocab"             # the usual init of vanilla PT
+    tpt_batch_size: int = 8
+    tpt_learning_rate: float = 0.3
+
+    def __post_init__(self):
+        for name in ("tasks", "train_tasks", "mappers", "tpt_tasks", "tpt_seeds"):
+            object.__setattr__(self, name, tuple(dict.fromkeys(getattr(self, name))))
+        outside = [t for t in self.tpt_tasks if t not in self.tasks]
+        if outside:
+            raise ConfigError(f"TPT task(s) {', '.join(outside)} are not among --tasks "
+                              f"({', '.join(self.tasks)}); TPT_MODEL starts from their mapped "
+                              "prompts, so add them to --tasks.")
+        if self.tpt_steps < 0 or (self.tpt_steps and not self.tpt_seeds):
+            raise ConfigError("--tpt-steps must be >= 0 and TPT needs at least one seed.")
+        if not self.tasks:
+            raise ConfigError("cross-model transfer needs at least one target task (--tasks).")
+        for t in self.tasks + self.train_tasks:
+            tasks.get_spec(t)  # unknown names: ConfigError with close matches
+        unknown = [m for m in self.mappers if m not in MAPPER_NAMES]
+        if unknown or not self.mappers:
+            raise ConfigError(f"unknown mapper {unknown[0] if unknown else ''!r}."
+                              + close_matches_hint(unknown[0] if unknown else "", MAPPER_NAMES))
+
+    def tpt_settings(self) -> dict:
+        return {"steps": self.tpt_steps, "seeds": list(self.tpt_seeds),
+                "eval_every": self.tpt_eval_every or max(1, self.tpt_steps // 5),
+                "init": self.tpt_init, "batch_size": self.tpt_batch_size,
+                "learning_rate": self.tpt_learning_rate, "eval_examples": self.eval_examples,
+                "input_length": self.input_length, "target_length": self.target_length,
+                "metric": self.metric, "data_dir": self.data_dir}
+
+    def eval_settings(self) -> dict:
+        return {k: getattr(self, k) for k in ("split", "eval_examples", "input_length",
+                                              "target_length", "metric", "data_dir")}
+
+    def mapper_settings(self, name: str) -> dict:
+        """The settings a mapper is fit with (part of its fit key)."""
+        if name in ("lin-comb", "lin-comb-nn"):
+            return {"num_tokens": self.lin_comb_tokens, "non_negative": name == "lin-comb-nn",
+                    "iterations": self.lin_comb_iterations}
+        if name == "relative":
+            return {"num_anchors": self.relative_anchors, "steps": self.relative_steps,
+                    "learning_rate": self.relative_learning_rate, "seed": self.seed}
+        if name == "projector":
+            return {"objective": "distance", "tasks": list(self.train_tasks),
+                    "hidden": self.projector_hidden, "activation": self.projector_activation,
+                    "steps": self.projector_steps, "learning_rate": self.projector_learning_rate,
+                    "seed": self.seed}
+        return {}
+
+
+def wilson_interval(accuracy: float, n: int, z: float = _Z95) -> list[float] | None:
+    """Wilson score interval [low, high] (percent) of an accuracy (percent) on n examples."""
+    if n <= 0 or accuracy is None:
+        return None
+    p = min(max(float(accuracy) / 100.0, 0.0), 1.0)
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return [100.0 * max(centre - half, 0.0), 100.0 * min(centre + half, 1.0)]
+
+
+def task_groups(task_names: Sequence[str], train_tasks: Sequence[str]) -> dict[str, str]:
+    """task -> trained_on | unseen_same_type | other_types (types of `tasks.get_spec`)."""
+    train_types = {tasks.get_spec(t).type for t in train_tasks}
+    return {t: ("trained_on" if t in train_tasks else
+                "unseen_same_type" if tasks.get_spec(t).type in train_types else "other_types")
+            for t in task_names}
+
+
+def _fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _digest(arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a, np.float32)
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:20]
+
+
+def backbone_key(backbone) -> dict:
+    """What identifies a backbone's embeddings: id, vocabulary key, width and a digest
+    of every k-th embedding row (k = V // 1024), so another checkpoint gets another key."""
+    table = backbone.embedding_table(backbone.params)
+    step = max(1, int(table.shape[0]) // 1024)
+    return {"id": backbone.name, "vocab": vocab_key(backbone.vocab), "d_model": backbone.d_model,
+            "table": _digest([np.asarray(table[::step], np.float32)])}
+
+
+def trained_prompts(bank_dir: str, backbone) -> dict[str, list[tuple[bank.BankEntry, np.ndarray]]]:
+    """task -> [(entry, prompt [L, D])] of the prompts tuned on `backbone` (mapped entries
+    left out); ConfigError when the bank holds none or one has another width."""
+    entries = [e for e in bank.list_entries(bank_dir, backbone.name)
+               if (e.meta.get("provenance") or {}).get("kind") not in MAPPED_KINDS]
+    if not entries:
+        held = sorted({e.backbone for e in bank.list_entries(bank_dir)})
+        raise ConfigError(f"the bank {bank_dir!r} holds no prompt tuned on backbone "
+                          f"{backbone.name!r} (it holds: {', '.join(held) or 'nothing'}); "
+                          "cross-model transfer needs bank prompts of both backbones: "
+                          "prompt-tune the tasks on it first (`ptransfer train`).")
+    out: dict[str, list] = {}
+    for e in entries:
+        prompt = e.read()[0]
+        if prompt.shape[-1] != backbone.d_model:
+            raise ConfigError(f"bank prompt {e.ref} has width {prompt.shape[-1]}, but backbone "
+                              f"{backbone.name!r} has d_model {backbone.d_model}.")
+        out.setdefault(e.task, []).append((e, prompt))
+    return out
+
+
+def _reversed(shared: SharedTokens) -> SharedTokens:
+    """The same aligned tokens seen from the other side (target-id order)."""
+    order = np.argsort(shared.tgt_ids, kind="stable")
+    return SharedTokens(shared.tgt_ids[order], shared.src_ids[order], shared.tgt_table,
+                        shared.src_table)
+
+
+def _direction_dir(a, b) -> str:
+    return f"{bank.safe_name(a.name)}_to_{bank.safe_name(b.name)}"
+
+
+def _fit_mapper(name: str, a, b, length: int, shared, cfg: CrossModelConfig, bank_dir: str,
+                scratch: str) -> Mapper:
+    if name == "v2v-lin":
+        return V2VLin.fit(a, b, length, shared=shared())
+    if name in ("lin-comb", "lin-comb-nn"):
+        return LinComb.fit(a, b, length, shared=shared(), num_tokens=cfg.lin_comb_tokens,
+                           non_negative=name == "lin-comb-nn",
+                           iterations=cfg.lin_comb_iterations)
+    if name == "relative":
+        return Relative.fit(a, b, length, shared=shared(), num_anchors=cfg.relative_anchors,
+                            steps=cfg.relative_steps, learning_rate=cfg.relative_learning_rate,
+                            seed=cfg.seed)
+    recipe = ProjectorRecipe(hidden=cfg.projector_hidden, activation=cfg.projector_activation,
+                             settings=TrainSettings(objective="distance",
+                                                    steps=cfg.projector_steps,
+                                                    learning_rate=cfg.projector_learning_rate,
+                                                    seed=cfg.seed))
+    with tempfile.TemporaryDirectory(prefix=".projector-", dir=scratch) as tmp:
+        projector = train_from_bank(bank_dir, a.name, b.name, cfg.train_tasks, recipe,
+                                    os.path.join(tmp, "projector"))
+    return ProjectorMapper.from_projector(projector, a, b)
+
+
+def _fit_on(name: str, mapper: Mapper, cfg: CrossModelConfig) -> dict:
+    """What a mapper was fit on, in words and counts (for the JSON)."""
+    s = mapper.summary
+    if name == "v2v-lin":
+        return {"data": "input embeddings of the shared tokens", "tokens": s.get("fit_tokens")}
+    if name in ("lin-comb", "lin-comb-nn"):
+        return {"data": "source / target embeddings of the first shared tokens (dictionary)",
+                "tokens": mapper.config.get("num_tokens")}
+    if name == "relative":
+        return {"data": "cosines to shared anchor tokens (target embeddings only, no task "
+                        "data)", "tokens": mapper.config.get("num_anchors")}
+    return {"data": "bank prompt pairs (distance minimizing)", "tasks": list(cfg.train_tasks),
+            "pairs": s.get("train_pairs"), "train_mean_l2": s.get("train_mean_l2")}
+
+
+def _score_cell(key: str, results: Sequence[Mapping[str, float]], metric: str, n: int,
+                refs: Sequence[str], eval_s: float) -> dict:
+    """A scored cell: mean / std of `metric` over its prompts, accuracy with its interval."""
+    scores = [float(r[metric]) for r in results]
+    accs = [float(r["accuracy"]) for r in results if "accuracy" in r]
+    accuracy = float(np.mean(accs)) if accs else None
+    return {"key": key, "metric": metric, "score": float(np.mean(scores)),
+            "score_std": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
+            "scores": scores, "prompts": list(refs), "examples": int(n), "accuracy": accuracy,
+            "accuracy_interval": wilson_interval(accuracy, n) if accuracy is not None else None,
+            "stack_eval_s": round(eval_s, 3)}
+
+
+def _previous_cells(path: str) -> dict[str, dict]:
+    """key -> cell of an earlier cross_model.json at `path` (none if absent or unreadable)."""
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for d in old.get("directions", []):
+        for per_task in list(d.get("cells", {}).values()) + list(d.get("baselines", {}).values()):
+            for cell in per_task.values():
+                if isinstance(cell, dict) and "key" in cell:
+                    out[cell["key"]] = cell
+        for pair in d.get("tpt", {}).values():
+            if isinstance(pair, dict) and "key" in pair:
+                out[pair["key"]] = pair
+    return out
+
+
+def _group_means(relative: Mapping[str, float | None], groups: Mapping[str, str]) -> dict:
+    out = {}
+    for g in GROUPS + ("all",):
+        vals = [v for t, v in relative.items() if v is not None and g in ("all", groups[t])]
+        out[g] = float(np.mean(vals)) if vals else None
+    return out
+
+
+def run_cross_model(bank_dir: str, source, target, cfg: CrossModelConfig, out_dir: str, *,
+                    specs: Mapping[str, str] | None = None) -> dict:
+    """Fits every mapper, maps the source's bank prompts of `cfg.tasks` and scores them on
+    the target (and the reverse with both_directions); writes `<out>/cross_model.json`
+    (returned) and each mapper under `<out>/mappers/<name>/<source>_to_<target>/`.
+
+    Resumable: a mapper file whose fit key (pair, embeddings, settings, training
+    prompts) matches is loaded instead of fit, and a cell whose key (direction,
+    mapper fit key, task, evaluation settings, prompts) is in the existing JSON is
+    kept; the JSON is rewritten after each target task. With `cfg.tpt_steps`,
+    TPT_MODEL runs per direction from its best mapper (`run_tpt_model`); `specs`
+    {backbone id: spec} then names each backbone in the runs' configs.
+    """
+    t_start = time.perf_counter()
+    if source.name == target.name:
+        raise ConfigError(f"source and target backbone are both {source.name!r}; cross-model "
+                          "transfer maps between two backbones (`transfer matrix` is for one).")
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, RESULT_FILE)
+    previous = _previous_cells(path)
+    backbones = {source.name: source, target.name: target}
+    prompts = {name: trained_prompts(bank_dir, bb) for name, bb in backbones.items()}
+    directions = [(source, target)] + ([(target, source)] if cfg.both_directions else [])
+    for a, b in directions:
+        missing = [t for t in cfg.tasks if t not in prompts[a.name]]
+        if missing:
+            raise ConfigError(f"the bank has no prompt tuned on {a.name!r} for task(s) "
+                              f"{', '.join(missing)}, so there is nothing to map to "
+                              f"{b.name!r}; train them first or drop them from --tasks.")
+        for t in cfg.tasks:
+            check_servable(b, tasks.get_spec(t))
+    order = order_by_type(list(cfg.tasks))
+    for a, _ in directions:
+        _sources(a, prompts[a.name], order)  # one prompt shape per direction, checked up front
+    keys = {name: backbone_key(bb) for name, bb in backbones.items()}
+    groups = task_groups(order, cfg.train_tasks)
+    result = {
+        "format": "ptransfer-cross-model", "bank": os.path.abspath(bank_dir),
+        "backbones": {n: {**keys[n], "layers": getattr(bb, "num_layers", None)}
+                      for n, bb in backbones.items()},
+        "tasks": order, "train_tasks": list(cfg.train_tasks),
+        "task_types": {t: tasks.get_spec(t).type for t in order}, "groups": groups,
+        "mappers": list(cfg.mappers), "baselines": list(BASELINES),
+        "settings": dataclasses.asdict(cfg),
+        "intervals": {"of": "accuracy", "method": "wilson", "level": 0.95,
+                      "n": "evaluation examples of the task (seeds averaged first)"},
+        "relative_performance": "score / score of the target's own bank prompt(s) of the task",
+        "directions": [], "complete": False,
+    }
+    run = {"fitted_mappers": [], "reused_mappers": [], "scored_cells": 0, "reused_cells": 0,
+           "tpt_pairs_run": 0, "tpt_pairs_reused": 0}
+    aligned: dict[str, SharedTokens] = {}
+    align_s = [0.0]
+
+    def shared_for(a, b):
+        def get():
+            if not aligned:
+                t = time.perf_counter()
+                aligned[source.name] = SharedTokens.of(source, target)
+                align_s[0] = time.perf_counter() - t
+                log.info("cross-model: %d shared tokens between %s and %s (%.1fs)",
+                         aligned[source.name].count, source.name, target.name, align_s[0])
+            if a.name not in aligned:
+                aligned[a.name] = _reversed(aligned[source.name])
+            return aligned[a.name]
+        return get
+
+    for a, b in directions:
+        t = time.perf_counter()
+        direction, fitted = _run_direction(a, b, bank_dir, cfg, out_dir, prompts, keys, order,
+                                           groups, previous, run, shared_for(a, b), result, path)
+        if direction["shared_tokens"] is None:
+            direction["shared_tokens"] = shared_for(a, b)().count
+        direction["wall_s"] = round(time.perf_counter() - t, 3)
+        if cfg.tpt_steps:
+            t = time.perf_counter()
+            run_tpt_model(direction, fitted, a, b, prompts[a.name], cfg, out_dir, previous, run,
+                          (specs or {}).get(b.name, b.name))
+            direction["tpt_wall_s"] = round(time.perf_counter() - t, 3)
+            write_json(path, result)
+    result["complete"] = True
+    result["run"] = run
+    result["wall_times"] = {"align_s": round(align_s[0], 3),
+                            "total_s": round(time.perf_counter() - t_start, 3)}
+    write_json(path, result)
+    return result
+
+
+def _sources(a, prompts_a, order):
+    """[(entry, prompt)] of `a` to map, in task order, and their stack [N, L, d]
+    (ConfigError when their shapes differ)."""
+    sources = [(e, p) for t in order for e, p in prompts_a[t]]
+    shapes = {e.ref: tuple(p.shape) for e, p in sources}
+    if len(set(shapes.values())) > 1:
+        listing = "; ".join(f"{ref}: {list(s)}" for ref, s in shapes.items())
+        raise ConfigError(f"the prompts of {a.name!r} to map have different shapes ({listing}); "
+                          "a mapper serves one prompt length: choose tasks of one length.")
+    return sources, np.stack([p for _, p in sources])
+
+
+def _run_direction(a, b, bank_dir, cfg, out_dir, prompts, keys, order, groups, previous, run,
+                   shared, result, path) -> tuple[dict, dict[str, Mapper]]:
+    """One direction a -> b of `run_cross_model` (see there): (its JSON, fitted mappers)."""
+    sources, stack = _sources(a, prompts[a.name], order)
+    length = int(stack.shape[1])
+    pair_key = {"source": keys[a.name], "target": keys[b.name], "prompt_length": length}
+    direction = {"source": a.name, "target": b.name, "name": f"{a.name}->{b.name}",
+                 "prompt_shape": list(stack.shape[1:]), "shared_tokens": None,
+                 "mappers": {}, "cells": {}, "baselines": {k: {} for k in BASELINES}}
+    result["directions"].append(direction)  # visible in the partial JSON written below
+
+    fitted: dict[str, Mapper] = {}
+    for name in cfg.mappers:
+        info = {"kind": name.replace("-nn", ""), "settings": cfg.mapper_settings(name)}
+        if name == "projector":
+            lacking = [t for t in cfg.train_tasks
+                       if t not in prompts[a.name] or t not in prompts[b.name]]
+            if not cfg.train_tasks or lacking:
+                info["skipped"] = ("no --train-tasks" if not cfg.train_tasks else
+                                   f"no prompt pairs on both backbones for {', '.join(lacking)}")
+                log.warning("cross-model %s: projector skipped (%s)", direction["name"],
+                            info["skipped"])
+                direction["mappers"][name] = info
+                continue
+            pairs = [p for t in cfg.train_tasks for bb in (a, b) for _, p in prompts[bb.name][t]]
+            info["settings"] = {**info["settings"], "pairs_digest": _digest(pairs)}
+        fit_key = _fingerprint({"mapper": name, **pair_key, **info["settings"]})
+        directory = os.path.join(out_dir, "mappers", name, _direction_dir(a, b))
+        mapper, t = None, time.perf_counter()
+        if os.path.isfile(os.path.join(directory, mappers.SPEC_FILE)):
+            try:
+                loaded = mappers.load(directory)
+                if loaded.summary.get("fit_key") == fit_key:
+                    mapper = loaded
+            except CheckpointError as e:
+                log.warning("cross-model: refitting %s (%s)", directory, e)
+        reused = mapper is not None
+        if not reused:
+            mapper = _fit_mapper(name, a, b, length, shared, cfg, bank_dir, out_dir)
+            mapper.summary.update({"fit_key": fit_key, "fit_s": round(time.perf_counter() - t, 3)})
+            mapper.save(directory, overwrite=True)
+            run["fitted_mappers"].append(f"{direction['name']}:{name}")
+        else:
+            run["reused_mappers"].append(f"{direction['name']}:{name}")
+        fitted[name] = mapper
+        info.update({"dir": directory, "fit_key": fit_key, "fit_on": _fit_on(name, mapper, cfg),
+                     "fit_s": mapper.summary.get("fit_s"), "reused": reused,
+                     "shared_tokens": mapper.summary.get("shared_tokens")})
+        if direction["shared_tokens"] is None and info["shared_tokens"] is not None:
+            direction["shared_tokens"] = int(info["shared_tokens"])
+        direction["mappers"][name] = info
+
+    mapped: dict[str, np.ndarray] = {}
+
+    def mapped_prompts(name):
+        if name not in mapped:
+            t = time.perf_counter()
+            mapped[name] = fitted[name].apply(stack, source=a, target=b)
+            direction["mappers"][name]["apply_s"] = round(time.perf_counter() - t, 3)
+        return mapped[name]
+
+    own_all = [p for t in prompts[b.name] for _, p in prompts[b.name][t]]
+    by_shape: dict[tuple, list] = {}
+    for p in own_all:
+        by_shape.setdefault(tuple(p.shape), []).append(p)
+    shape = (length, b.d_model) if (length, b.d_model) in by_shape else \
+        max(by_shape, key=lambda s: len(by_shape[s]))
+    random_prompt = random_prompt_like(np.stack(by_shape[shape]), cfg.seed)
+    scorer = None
+    evals = cfg.eval_settings()
+    for t in order:
+        idx = [i for i, (e, _) in enumerate(sources) if e.task == t]
+        refs = [sources[i][0].ref for i in idx]
+        own = prompts[b.name].get(t, [])
+        base = {"direction": direction["name"], "task": t, "eval": evals, **pair_key}
+        want = {}  # (section, name) -> (key, prompts [k, L, D] or None, refs)
+        want[("baselines", "no_prompt")] = (_fingerprint({**base, "cell": "no_prompt"}), None, [])
+        want[("baselines", "random_prompt")] = (
+            _fingerprint({**base, "cell": "random", "prompt": _digest([random_prompt])}),
+            random_prompt[None], ["random"])
+        if own:
+            want[("baselines", "own_prompt")] = (
+                _fingerprint({**base, "cell": "own", "prompts": _digest([p for _, p in own])}),
+                np.stack([p for _, p in own]), [e.ref for e, _ in own])
+        for name, m in fitted.items():
+            want[("cells", name)] = (
+                _fingerprint({**base, "cell": name, "fit_key": m.summary["fit_key"],
+                              "prompts": _digest(stack[idx])}), None, refs)
+        todo = {k: v for k, v in want.items() if v[0] not in previous}
+        for (section, name), (key, _, _) in want.items():
+            if (section, name) not in todo:
+                direction[section].setdefault(name, {})[t] = previous[key]
+                run["reused_cells"] += 1
+        if todo:
+            if scorer is None:
+                scorer = scoring.Scorer(b, batch_size=cfg.batch_size)
+            task, mlm = load_task(t, b, cfg.data_dir)
+            spec = tasks.get_spec(t)
+            split = cfg.split if cfg.split in spec.splits and not spec.evaluation_only \
+                else "validation"
+            lengths = {"inputs": cfg.input_length, "targets": cfg.target_length}
+            eval_set = scoring.build_eval_set(task, spec, b, split, cfg.eval_examples, lengths,
+                                              truncate_inputs=default_truncation(b), mlm=mlm)
+            metric = cfg.metric or eval_set.primary_metric
+            parts, spans = [], {}
+            for (section, name), (key, given, _) in todo.items():
+                if section == "baselines" and name == "no_prompt":
+                    continue
+                block = given if given is not None else mapped_prompts(name)[idx]
+                spans[(section, name)] = (sum(len(x) for x in parts), len(block))
+                parts.append(block)
+            t0 = time.perf_counter()
+            results = scorer.evaluate_stack(np.concatenate(parts), eval_set) if parts else []
+            stack_s = time.perf_counter() - t0
+            for (section, name), (key, _, cell_refs) in todo.items():
+                if (section, name) == ("baselines", "no_prompt"):
+                    t0 = time.perf_counter()
+                    rows = [scorer.evaluate(None, eval_set)]
+                    seconds = time.perf_counter() - t0
+                else:
+                    start, k = spans[(section, name)]
+                    rows, seconds = results[start:start + k], stack_s
+                direction[section].setdefault(name, {})[t] = _score_cell(
+                    key, rows, metric, eval_set.size, cell_refs, seconds)
+                run["scored_cells"] += 1
+            log.info("cross-model %s: %s scored (%d cells, %d examples, %.1fs)",
+                     direction["name"], t, len(todo), eval_set.size, stack_s)
+        _relative(direction, order, groups)
+        write_json(path, result)
+    return direction, fitted
+
+
+def _relative(direction: dict, order: Sequence[str], groups: Mapping[str, str]) -> None:
+    """Fills relative performance per cell and the group means of every mapper / baseline."""
+    own = direction["baselines"].get("own_prompt", {})
+    rows = {}
+    for section, names in (("cells", direction["cells"]), ("baselines", direction["baselines"])):
+        for name, per_task in names.items():
+            rel = {}
+            for t in order:
+                cell = per_task.get(t)
+                if cell is None:
+                    continue
+                ref = own.get(t, {}).get("score")
+                cell["relative"] = rel[t] = cell["score"] / ref if ref else None
+            rows[name] = rel
+    direction["relative"] = rows
+    direction["table"] = {name: _group_means(rel, groups) for name, rel in rows.items()}
+
+
+def best_mapper(direction: Mapping) -> str | None:
+    """The mapper with the highest mean relative performance over all tasks (None: none scored)."""
+    scored = {m: direction["table"][m]["all"] for m in direction["cells"]
+              if direction["table"].get(m, {}).get("all") is not None}
+    return max(scored, key=scored.get) if scored else None
+
+
+def run_tpt_model(direction: dict, fitted: Mapping[str, Mapper], a, b, source_prompts,
+                  cfg: CrossModelConfig, out_dir: str, previous: Mapping[str, dict], run: dict,
+                  target_spec: str) -> None:
+    """TPT_MODEL on target `b`: per TPT task, vanilla PT (cfg.tpt_init) vs PT initialized from
+    the best mapper's map of the source's first bank prompt of that task, with the same
+    settings and seeds (`tpt.run_pair`, speedups of `experiments.speedups`). Fills
+    direction["tpt"] {task: pair JSON + key, mapper, source_entry}; a pair whose key
+    (mapper fit key, source prompt, settings) is in `previous` is kept.
+    """
+    best = best_mapper(direction)
+    direction["tpt_mapper"] = best
+    direction["tpt"] = {}
+    if best is None:
+        log.warning("cross-model %s: no mapper scored; TPT_MODEL skipped", direction["name"])
+        return
+    settings = cfg.tpt_settings()
+    work = os.path.join(out_dir, "tpt", _direction_dir(a, b))
+    for t in cfg.tpt_tasks or direction["cells"][best].keys():
+        entry, prompt = source_prompts[t][0]
+        key = _fingerprint({"tpt": direction["name"], "task": t, "mapper": best,
+                            "fit_key": fitted[best].summary["fit_key"],
+                            "prompt": _digest([prompt]), **settings})
+        if key in previous:
+            direction["tpt"][t] = previous[key]
+            run["tpt_pairs_reused"] += 1
+            continue
+        mapped_path = os.path.join(work, "mapped", f"{best}.{t}.{entry.run}.npy")
+        os.makedirs(os.path.dirname(mapped_path), exist_ok=True)
+        write_npy(mapped_path, fitted[best].apply(prompt, source=a, target=b))
+        base = TrainConfig(
+            backbone=target_spec, task=t, model_dir=os.path.join(work, "unused"),
+            prompt_length=int(prompt.shape[0]), init_from=cfg.tpt_init,
+            batch_size=cfg.tpt_batch_size, train_steps=cfg.tpt_steps,
+            optimizer=OptimizerConfig(learning_rate=cfg.tpt_learning_rate),
+            eval_every=settings["eval_every"], eval_examples=cfg.eval_examples,
+            input_length=cfg.input_length, target_length=cfg.target_length,
+            data_dir=cfg.data_dir, best_metric=cfg.metric, checkpoint_every=cfg.tpt_steps,
+            progress=False)
+        pair = run_pair(base, mapped_path, f"{best}.{t}", t, list(cfg.tpt_seeds), work,
+                        backbone=b, init_scheme="projected")
+        pair.update({"key": key, "kind": "tpt_model", "mapper": best, "source_entry": entry.ref,
+                     "source_backbone": a.name, "target_backbone": b.name,
+                     "mapped_prompt": mapped_path, "settings": settings})
+        direction["tpt"][t] = pair
+        run["tpt_pairs_run"] += 1

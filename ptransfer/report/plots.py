@@ -1,8 +1,9 @@
 """PNG plots drawn from the results JSON only (never from in-memory state).
 
 Inputs are the dicts written by `transfer.matrix` (cross_task.json),
-`experiments.tpt` (tpt.json) and `experiments.indicators`
-(indicators.json); the keys each function reads are named in its docstring.
+`experiments.tpt` (tpt.json), `experiments.indicators` (indicators.json) and
+`experiments.cross_model` (cross_model.json); the keys each function reads
+are named in its docstring.
 """
 
 from __future__ import annotations
@@ -49,6 +50,45 @@ def transfer_heatmap(cross_task: dict, path: str) -> str:
     ax.set_title("Zero-shot transfer, relative performance\n(" +
                  ", ".join(sorted({types.get(t, "?") for t in targets})) + ")")
     fig.colorbar(im, ax=ax, fraction=0.04)
+    return _save(fig, path)
+
+
+GROUP_LABELS = {"trained_on": "trained on", "unseen_same_type": "unseen, same type",
+                "other_types": "other types", "all": "all tasks"}
+
+
+def cross_model_bars(cross_model: dict, path: str) -> str:
+    """Relative performance per mapper (bars) and task group (x), one panel per direction;
+    the no-prompt and random-prompt baselines beside the mappers, 1.0 = the target's own
+    prompt.
+
+    Reads: mappers, groups {task: group}, directions[].name, directions[].table
+    {mapper|baseline: {group: mean relative or None}}.
+    """
+    present = set(cross_model["groups"].values())
+    groups = [g for g in GROUP_LABELS if g in present or g == "all"]
+    directions = cross_model["directions"]
+    bars = [m for m in cross_model["mappers"]] + ["no_prompt", "random_prompt"]
+    fig, axes = plt.subplots(1, len(directions), squeeze=False,
+                             figsize=(max(5.0, 0.22 * len(groups) * len(bars) + 2) *
+                                      len(directions), 4.2))
+    width = 0.8 / len(bars)
+    colors = plt.get_cmap("tab10")
+    for ax, direction in zip(axes[0], directions):
+        table = direction.get("table", {})
+        for i, name in enumerate(bars):
+            row = table.get(name, {})
+            values = [row.get(g) for g in groups]
+            x = np.arange(len(groups)) + (i - (len(bars) - 1) / 2) * width
+            ax.bar(x, [math.nan if v is None else v for v in values], width,
+                   label=name.replace("_", " "), color="0.6" if name == "no_prompt" else
+                   "0.8" if name == "random_prompt" else colors(i))
+        ax.axhline(1.0, color="black", lw=0.8, ls="--")
+        ax.set_xticks(range(len(groups)), [GROUP_LABELS[g] for g in groups])
+        ax.set_ylabel("relative performance (own prompt = 1)")
+        ax.set_title(direction["name"])
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 
