@@ -14,7 +14,8 @@ from ptransfer import load_backbone, scoring
 from ptransfer.bank import store as bank
 from ptransfer.cli.main import main
 from ptransfer.data import default_truncation, load_task
-from ptransfer.experiments.cross_model import task_groups, wilson_interval
+from ptransfer.experiments.cross_model import task_groups
+from ptransfer.indicators import intervals
 from ptransfer.projector import mappers
 
 TASKS = ["mr", "tweets", "sms_spam"]  # trained on / unseen, same type / other type
@@ -82,6 +83,8 @@ def test_command_writes_every_artifact_reruns_as_a_noop_and_refits_what_changed(
             assert cell["examples"] == 8 and cell["metric"] == "accuracy"
             low, high = cell["accuracy_interval"]
             assert low <= cell["accuracy"] <= high
+            assert (low, high) == pytest.approx(intervals.wilson_interval(
+                cell["accuracy"] * 8 / 100, 8))
             own = d["baselines"]["own_prompt"][t]["score"]
             assert cell["relative"] == (pytest.approx(cell["score"] / own) if own else None)
     assert d["mappers"]["projector"]["fit_on"]["tasks"] == ["mr"]
@@ -158,12 +161,7 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys):
                    for o in ("o1", "o2", "o3", "o4", "o5"))
 
 
-def test_wilson_interval_and_task_groups():
-    low, high = wilson_interval(50.0, 100)
-    assert (low, high) == (pytest.approx(40.383, abs=1e-3), pytest.approx(59.617, abs=1e-3))
-    low, high = wilson_interval(100.0, 10)   # never past 100, and not degenerate
-    assert high == pytest.approx(100.0) and low == pytest.approx(72.247, abs=1e-3)
-    assert wilson_interval(50.0, 0) is None
+def test_task_groups():
     assert task_groups(["trec", "imdb", "mr"], ["mr"]) == {
         "trec": "other_types", "imdb": "unseen_same_type", "mr": "trained_on"}
 

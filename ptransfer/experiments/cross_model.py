@@ -34,7 +34,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -51,6 +50,7 @@ from ptransfer.core.fileio import write_json, write_npy
 from ptransfer.data import default_truncation, load_task
 from ptransfer.experiments.matrix import check_servable, order_by_type
 from ptransfer.experiments.tpt import run_pair
+from ptransfer.indicators import intervals
 from ptransfer.projector import mappers
 from ptransfer.projector.mappers import (
     LinComb,
@@ -274,7 +274,6 @@ RESULT_FILE = "cross_model.json"
 # Bank entries written by a mapper (not prompt-tuned on their backbone): never used
 # as a backbone's own prompt nor mapped again.
 MAPPED_KINDS = frozenset({"projected", "recycled", "random", "mapped"})
-_Z95 = 1.959963984540054
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,17 +361,6 @@ class CrossModelConfig:
                     "steps": self.projector_steps, "learning_rate": self.projector_learning_rate,
                     "seed": self.seed}
         return {}
-
-
-def wilson_interval(accuracy: float, n: int, z: float = _Z95) -> list[float] | None:
-    """Wilson score interval [low, high] (percent) of an accuracy (percent) on n examples."""
-    if n <= 0 or accuracy is None:
-        return None
-    p = min(max(float(accuracy) / 100.0, 0.0), 1.0)
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [100.0 * max(centre - half, 0.0), 100.0 * min(centre + half, 1.0)]
 
 
 def task_groups(task_names: Sequence[str], train_tasks: Sequence[str]) -> dict[str, str]:
@@ -484,8 +472,16 @@ def _score_cell(key: str, results: Sequence[Mapping[str, float]], metric: str, n
     return {"key": key, "metric": metric, "score": float(np.mean(scores)),
             "score_std": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
             "scores": scores, "prompts": list(refs), "examples": int(n), "accuracy": accuracy,
-            "accuracy_interval": wilson_interval(accuracy, n) if accuracy is not None else None,
+            "accuracy_interval": _accuracy_interval(accuracy, n),
             "stack_eval_s": round(eval_s, 3)}
+
+
+def _accuracy_interval(accuracy: float | None, n: int) -> list[float] | None:
+    """Wilson 95% interval (percent) of an accuracy (percent, seeds averaged) on n examples."""
+    if accuracy is None or n <= 0:
+        return None
+    correct = min(max(accuracy * n / 100.0, 0.0), float(n))
+    return list(intervals.wilson_interval(correct, n))
 
 
 def _previous_cells(path: str) -> dict[str, dict]:
@@ -560,7 +556,8 @@ def run_cross_model(bank_dir: str, source, target, cfg: CrossModelConfig, out_di
         "task_types": {t: tasks.get_spec(t).type for t in order}, "groups": groups,
         "mappers": list(cfg.mappers), "baselines": list(BASELINES),
         "settings": dataclasses.asdict(cfg),
-        "intervals": {"of": "accuracy", "method": "wilson", "level": 0.95,
+        "intervals": {"of": "accuracy", "method": "wilson (ptransfer.indicators.intervals)",
+                      "level": 0.95,
                       "n": "evaluation examples of the task (seeds averaged first)"},
         "relative_performance": "score / score of the target's own bank prompt(s) of the task",
         "directions": [], "complete": False,
