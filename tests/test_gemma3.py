@@ -284,3 +284,24 @@ def test_real_next_tokens_match_hf_gguf_load(real, real_ref):
         assert np.argsort(-logits[-1])[:5].tolist() == top_ids[-1, :5].tolist()
     first = real_ref["sentences"][0]
     assert real.vocab.decode([first["top_k_ids"][-1][0]]) == " Berlin"
+
+
+def test_ffn_activations_gate_rule_by_default_and_product_as_option():
+    """GeGLU follows the gated-FFN rules: 'gate' is the gate's pre-activation wi_0 x,
+    'product' is gelu_tanh(gate) * up; both at every prompt + input position."""
+    from ptransfer.backbones import load_backbone
+
+    bb = load_backbone("preset:gemma3_tiny")
+    assert bb.ffn_activation_rules == ("gate", "product")
+    ids = np.asarray([[5, 6, 7, 8]], np.int32)
+    prompt = np.random.default_rng(0).normal(size=(2, bb.d_model)).astype(np.float32)
+    gate = np.asarray(bb.ffn_activations(bb.params, prompt, ids, np.ones_like(ids)))
+    prod = np.asarray(bb.ffn_activations(bb.params, prompt, ids, np.ones_like(ids), rule="product"))
+    assert gate.shape == prod.shape == (bb.num_layers, 1, 2 + 4, bb.config.d_ff)
+    assert not np.allclose(gate, prod)
+    # product = gelu_tanh(gate) * up: where the gate is well closed (gelu_tanh(-2.5) is
+    # -0.015) the product is a small fraction of its largest value
+    closed = gate < -2.5
+    assert closed.any() and np.abs(prod[closed]).max() < 0.05 * np.abs(prod).max()
+    with pytest.raises(Exception, match="no FFN activation rule"):
+        bb.ffn_activations(bb.params, prompt, ids, np.ones_like(ids), rule="output")

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from ptransfer.backbones import layers
-from ptransfer.backbones.base import Backbone, batched_prompt, prompt_length
+from ptransfer.backbones.base import GATED_FFN_RULES, Backbone, batched_prompt, prompt_length
 from ptransfer.backbones.gemma3.config import Gemma3Config
 from ptransfer.backbones.llama import apply_rope, positions_from_mask, zero_after_eos
 from ptransfer.core.errors import ConfigError
@@ -91,9 +91,11 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """GeGLU: wo(gelu_tanh(wi_0 x) * wi_1 x).
 
-    Captures `gelu_tanh(gate) * up` (sow 'intermediates'/'activations',
-    [B, T, F]), each neuron's coefficient on its row of `wo`, as the LLaMA
-    family does for SwiGLU.
+    Captures (sow 'intermediates', [B, T, F]) the gate's pre-activation
+    `wi_0 x` as 'gate' (ON's default rule: a neuron is active when its gate is
+    open) and `gelu_tanh(gate) * up`, each neuron's coefficient on its row of
+    `wo`, as 'activations' (the 'product' rule), as the LLaMA family does for
+    SwiGLU.
     """
 
     config: Gemma3Config
@@ -105,6 +107,7 @@ class MLP(nn.Module):
         gate = layers.Dense(c.d_ff, ("embed", "mlp"), dtype=dt, name="wi_0")(x)
         up = layers.Dense(c.d_ff, ("embed", "mlp"), dtype=dt, name="wi_1")(x)
         h = jax.nn.gelu(gate, approximate=True) * up
+        self.sow("intermediates", "gate", gate)
         self.sow("intermediates", "activations", h)
         return layers.Dense(c.d_model, ("mlp", "embed"), dtype=dt, name="wo")(h)
 
@@ -295,12 +298,15 @@ def _greedy_tokens(config, params, prompt, inputs, inputs_mask, max_decode_len):
     return jnp.concatenate([toks.T, last[:, None]], axis=1)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _ffn_activations(config, params, prompt, inputs, inputs_mask):
+_SOWN = {"gate": "gate", "product": "activations"}  # ffn rule -> name sown by `MLP`
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _ffn_activations(config, params, prompt, inputs, inputs_mask, rule="gate"):
     x, mask = _prefix(config, params, prompt, inputs, inputs_mask)
     _, state = _decode(config, params, x, mask, mutable=["intermediates"])
     inter = state["intermediates"]
-    acts = [inter[f"layers_{i}"]["mlp"]["activations"][0] for i in range(config.num_layers)]
+    acts = [inter[f"layers_{i}"]["mlp"][_SOWN[rule]][0] for i in range(config.num_layers)]
     return jnp.stack([_without_bos(config, a, prompt) for a in acts]).astype(jnp.float32)
 
 
@@ -358,7 +364,8 @@ class Gemma3Backbone(Backbone):
     Decoder-only like the LLaMA family (prompt before the text, targets
     without EOS, inputs truncated from the left); BOS is added by the
     backbone itself, after the prompt (see module docstring). `ffn_activations` covers every
-    prompt + input position (S = P + Li), capturing gelu_tanh(gate) * up.
+    prompt + input position (S = P + Li), capturing the gate pre-activation
+    (rule 'gate', default) or gelu_tanh(gate) * up ('product').
     """
 
     family: str = dataclasses.field(default="gemma3", init=False)
@@ -388,9 +395,14 @@ class Gemma3Backbone(Backbone):
         tokens = _greedy_tokens(self.config, params, prompt, inputs, inputs_mask, int(max_decode_len))
         return zero_after_eos(tokens, getattr(self.vocab, "eos_id", None))
 
-    def ffn_activations(self, params, prompt, inputs, inputs_mask):
+    @property
+    def ffn_activation_rules(self):
+        return GATED_FFN_RULES
+
+    def ffn_activations(self, params, prompt, inputs, inputs_mask, rule=None):
         self.check_prompt(prompt)
-        return _ffn_activations(self.config, params, prompt, inputs, inputs_mask)
+        return _ffn_activations(self.config, params, prompt, inputs, inputs_mask,
+                                self.ffn_rule(rule))
 
     def logits(self, inputs, targets=None, prompt=None):
         self.check_prompt(prompt)
