@@ -149,3 +149,22 @@ def test_transfer_reading_grades_the_gap_and_flags_weak_own_prompts():
     assert "sms_spam" not in " ".join(_reading_transfer(_cross(0.97, 0.7, own_spam=60.0)))
     weak = " ".join(_reading_transfer(_cross(0.97, 0.7, own_spam=54.8)))
     assert "Relative transfer to sms_spam is measured against an own prompt" in weak
+
+
+def test_on_verdict_reads_the_intervals():
+    """Reproduced / not reproduced only when the 95% intervals are apart; overlapping
+    intervals are inconclusive whichever value is higher."""
+    from ptransfer.report.markdown import _reading_indicators
+
+    def reading(on, on_ci, cc, cc_ci):
+        ind = {"spearman": {"overall": {"ON": on, "C_concat": cc},
+                            "mean_per_target": {"ON": on, "C_concat": cc},
+                            "summary": {"ON": {"mean_per_target_ci": on_ci},
+                                        "C_concat": {"mean_per_target_ci": cc_ci}}}}
+        return " ".join(_reading_indicators(ind))
+
+    assert "reproduced, ON is higher" in reading(0.6, [0.5, 0.7], 0.2, [0.1, 0.3])
+    assert "not reproduced, ON is lower" in reading(0.1, [0.0, 0.2], 0.6, [0.5, 0.7])
+    text = reading(0.42, [0.27, 0.63], 0.33, [0.20, 0.50])
+    assert "inconclusive, ON is higher" in text and "reproduced," not in text
+    assert "inconclusive, ON is not higher" in reading(0.3, [0.1, 0.5], 0.35, [0.2, 0.5])
