@@ -33,8 +33,6 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import shutil
-import tempfile
 
 import numpy as np
 
@@ -252,10 +250,7 @@ def write_t5x_checkpoint(params, directory: str, *, step: int = 0,
     if os.path.exists(directory):
         raise CheckpointError(f"{directory} already exists; T5X checkpoints are never overwritten. "
                               "Choose a new directory.")
-    parent = os.path.dirname(directory) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
-    try:
+    with fileio.atomic_directory(directory) as tmp:
         written = {}
         for path, value in flatten(params).items():
             array = np.asarray(jax.device_get(value))
@@ -273,8 +268,4 @@ def write_t5x_checkpoint(params, directory: str, *, step: int = 0,
                                "state": {"step": np.asarray(step, np.int32), "param_states": {}}}}
         with open(os.path.join(tmp, CHECKPOINT_FILE), "wb") as f:
             f.write(serialization.msgpack_serialize(state))
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory

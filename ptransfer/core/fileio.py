@@ -29,6 +29,7 @@ import os
 import posixpath
 import re
 import shutil
+import tempfile
 import uuid
 
 import numpy as np
@@ -238,6 +239,29 @@ def atomic_open(path: str, mode: str = "w"):
             if exists(tmp):
                 remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: str):
+    """A fresh local temp directory beside `directory`; when the block ends without an
+    error it replaces `directory` (an existing one is moved aside, then removed), else
+    it is removed. Readers see the old directory or the complete new one."""
+    directory = os.path.abspath(directory)
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(directory):
+            old = f"{directory}.old-{os.getpid()}"
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write(path: str, data: bytes | str) -> str:

@@ -46,8 +46,6 @@ import functools
 import json
 import os
 import re
-import shutil
-import tempfile
 from typing import Any, ClassVar, Mapping
 
 import flax
@@ -214,10 +212,7 @@ class Mapper:
         if os.path.exists(directory) and os.listdir(directory) and not overwrite:
             raise ConfigError(f"{directory} already exists and is not empty; choose another "
                               "output directory or pass overwrite.")
-        parent = os.path.dirname(directory)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
-        try:
+        with fileio.atomic_directory(directory) as tmp:
             index = {}
             for name, array in self.arrays.items():
                 if not _ARRAY_NAME.match(name):
@@ -229,16 +224,6 @@ class Mapper:
                 "pair": dataclasses.asdict(self.pair), "config": self.config, "arrays": index,
                 "summary": self.summary, "ptransfer_version": ptransfer.__version__},
                 sort_keys=True)
-            if os.path.exists(directory):
-                old = f"{directory}.old-{os.getpid()}"
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-        finally:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
         return directory
 
 

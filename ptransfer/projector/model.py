@@ -49,8 +49,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -60,6 +58,7 @@ import numpy as np
 
 import ptransfer
 from ptransfer.backbones.layers import Dense, LayerNorm
+from ptransfer.core import fileio
 from ptransfer.core.errors import CheckpointError, ConfigError
 
 PyTree = Any
@@ -245,10 +244,7 @@ class Projector:
         if os.path.exists(directory) and os.listdir(directory) and not overwrite:
             raise ConfigError(f"{directory} already exists and is not empty; choose another "
                               "output directory or pass --overwrite.")
-        parent = os.path.dirname(directory)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
-        try:
+        with fileio.atomic_directory(directory) as tmp:
             import orbax.checkpoint as ocp
 
             with ocp.StandardCheckpointer() as ckpt:
@@ -256,18 +252,7 @@ class Projector:
                 ckpt.wait_until_finished()
             meta = {"spec": self.spec.to_json(), "summary": self.summary,
                     "ptransfer_version": ptransfer.__version__}
-            with open(os.path.join(tmp, SPEC_FILE), "w") as f:
-                json.dump(meta, f, indent=2, sort_keys=True)
-            if os.path.exists(directory):
-                old = directory + f".old-{os.getpid()}"
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-        finally:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
+            fileio.atomic_write(os.path.join(tmp, SPEC_FILE), json.dumps(meta, indent=2, sort_keys=True))
         return directory
 
     @classmethod
