@@ -6,14 +6,17 @@ every report artifact exists and that the report is drawn from the JSON.
 
 import json
 import os
+import re
 
 import pytest
 
 from ptransfer.report.markdown import write_report
 
-ARTIFACTS = ("cross_task.json", "tpt.json", "indicators.json", "run_info.json", "REPORT.md",
-             "transfer_heatmap.png", "curves_mr_to_sms_spam.png", "indicator_scatter.png",
-             "on_by_window.png")
+MODELS = ("llama_tiny", "gemma3_tiny")
+PER_MODEL = ("cross_task.json", "tpt.json", "indicators.json")
+# the report's pictures are named by model (see report/markdown.py); checked through
+# the links in REPORT.md, each of which must exist
+TOP = ("run_info.json", "REPORT.md", "cross_model/cross_model.json")
 
 
 @pytest.fixture(scope="module")
@@ -29,51 +32,84 @@ def demo_out(assets_dir, tmp_path_factory):
     return str(out)
 
 
+def _json(*parts):
+    with open(os.path.join(*parts)) as f:
+        return json.load(f)
+
+
 def test_every_artifact_is_produced(demo_out):
-    for name in ARTIFACTS:
+    for name in TOP + tuple(os.path.join("models", m, f) for m in MODELS for f in PER_MODEL):
         path = os.path.join(demo_out, name)
         assert os.path.isfile(path) and os.path.getsize(path) > 0, name
     report = open(os.path.join(demo_out, "REPORT.md")).read()
-    for png in ARTIFACTS:
-        if png.endswith(".png"):
-            assert f"({png})" in report, f"REPORT.md does not show {png}"
-    cross = json.load(open(os.path.join(demo_out, "cross_task.json")))
-    assert cross["sources"] == ["mr", "sms_spam"]
-    tpt = json.load(open(os.path.join(demo_out, "tpt.json")))
-    pair = tpt["pairs"][0]
-    assert (pair["source"], pair["target"]) == ("mr", "sms_spam")
-    assert [p[0] for p in pair["pt"]["curves"]["0"]] == [0, 2, 4, 6]
-    # speedups: reached within one binomial SE of the 8-example eval, exact match beside it
-    assert pair["reach_tolerance"]["0"]["source"] == "binomial"
-    assert "mean_comparable_speedup_exact" in pair
-    # every matrix cell has its intervals; relative performance too
-    cell = cross["intervals"]["scores"]["mr"]["sms_spam"]
-    assert cell["accuracy_ci"][0] <= cell["accuracy"] <= cell["accuracy_ci"][1]
-    assert cross["intervals"]["relative"]["mr"]["mr"] == [1.0, 1.0]
-    ind = json.load(open(os.path.join(demo_out, "indicators.json")))
-    # ON on a gated FFN: the gate rule, the product rule reported beside it
-    assert ind["on_rule"] == "gate" and "ON_product" in ind["pairwise"]
-    # two tasks leave each target one source: no per-target rho, and the JSON says why
-    summary = ind["spearman"]["summary"]["ON"]
-    assert summary["resampled"] == "examples"
-    assert set(summary["dropped_targets"]) == {"mr", "sms_spam"}
-    assert "only 1 source(s)" in summary["dropped_targets"]["mr"]
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", report)
+    for model in MODELS:
+        assert any(model in p for p in pictures), f"REPORT.md shows no picture of {model}"
+    assert any("cross_model" in p for p in pictures), "REPORT.md shows no cross-model picture"
+    for png in pictures:
+        path = os.path.join(demo_out, png)
+        assert os.path.isfile(path) and os.path.getsize(path) > 0, png
+
+    for model in MODELS:
+        cross = _json(demo_out, "models", model, "cross_task.json")
+        assert cross["backbone"] == model and cross["sources"] == ["mr", "sms_spam"]
+        pair = _json(demo_out, "models", model, "tpt.json")["pairs"][0]
+        assert (pair["source"], pair["target"]) == ("mr", "sms_spam")
+        assert [p[0] for p in pair["pt"]["curves"]["0"]] == [0, 2, 4, 6]
+        # vanilla PT is the bank run itself, not trained again
+        assert pair["pt"]["model_dirs"]["0"] == os.path.join(demo_out, "models", model, "runs",
+                                                             "sms_spam", "seed0")
+        # speedups: reached within one binomial SE of the 8-example eval, exact match beside it
+        assert pair["reach_tolerance"]["0"]["source"] == "binomial"
+        assert "mean_comparable_speedup_exact" in pair
+        # every matrix cell has its intervals; relative performance too
+        cell = cross["intervals"]["scores"]["mr"]["sms_spam"]
+        assert cell["accuracy_ci"][0] <= cell["accuracy"] <= cell["accuracy_ci"][1]
+        assert cross["intervals"]["relative"]["mr"]["mr"] == [1.0, 1.0]
+        ind = _json(demo_out, "models", model, "indicators.json")
+        # ON on a gated FFN: the gate rule, the product rule reported beside it
+        assert ind["on_rule"] == "gate" and "ON_product" in ind["pairwise"]
+        # two tasks leave each target one source: no per-target rho, and the JSON says why
+        summary = ind["spearman"]["summary"]["ON"]
+        assert summary["resampled"] == "examples"
+        assert set(summary["dropped_targets"]) == {"mr", "sms_spam"}
+        assert "only 1 source(s)" in summary["dropped_targets"]["mr"]
+
+    cm = _json(demo_out, "cross_model", "cross_model.json")
+    assert cm["complete"] and [d["name"] for d in cm["directions"]] == [
+        "llama_tiny->gemma3_tiny", "gemma3_tiny->llama_tiny"]
+    for direction in cm["directions"]:
+        assert set(direction["cells"]) == {"v2v-lin", "lin-comb", "lin-comb-nn", "relative",
+                                           "projector"}
+        tpt = direction["tpt"]["sms_spam"]
+        target = direction["target"]
+        # TPT_MODEL: vanilla PT is the target's bank run; TPT starts from the mapped prompt
+        assert tpt["pt"]["model_dirs"]["0"] == os.path.join(demo_out, "models", target, "runs",
+                                                            "sms_spam", "seed0")
+        assert tpt["init_optimizer"] == "fresh"
+    info = _json(demo_out, "run_info.json")
+    assert set(info["models"]) == set(MODELS)
+    times = info["stage times (s)"]
+    assert {f"{m}/{s}_s" for m in MODELS for s in ("bank", "matrix", "tpt", "indicators")} \
+        <= set(times) and "cross_model_s" in times
 
 
 def test_report_is_drawn_from_the_json(demo_out):
-    path = os.path.join(demo_out, "cross_task.json")
+    path = os.path.join(demo_out, "models", "llama_tiny", "cross_task.json")
     cross = json.load(open(path))
     cross["scores"]["mr"]["sms_spam"] = 12.345
     cross["eval_sizes"]["sms_spam"] = 4242
     with open(path, "w") as f:
         json.dump(cross, f)
-    for png in ("transfer_heatmap.png", "indicator_scatter.png"):
+    pictures = [f for f in os.listdir(demo_out) if f.endswith(".png")]
+    assert pictures
+    for png in pictures:
         os.remove(os.path.join(demo_out, png))
     write_report(demo_out)
     report = open(os.path.join(demo_out, "REPORT.md")).read()
     assert "12.345" in report and "sms_spam: 4242" in report
-    assert os.path.isfile(os.path.join(demo_out, "transfer_heatmap.png"))
-    assert os.path.isfile(os.path.join(demo_out, "indicator_scatter.png"))
+    for png in pictures:
+        assert os.path.isfile(os.path.join(demo_out, png)), png
 
 
 def test_rerun_reuses_finished_stages(demo_out, caplog):
@@ -82,12 +118,35 @@ def test_rerun_reuses_finished_stages(demo_out, caplog):
 
     gin_setup.parse_gin(["experiments/demo_tiny.gin"], [f"OUT_DIR='{demo_out}'"],
                         required=("BACKBONE",))
-    before = os.path.getmtime(os.path.join(demo_out, "tpt.json"))
-    with caplog.at_level("INFO", logger="ptransfer.experiments.demo"):
+    before = {m: os.path.getmtime(os.path.join(demo_out, "models", m, "tpt.json")) for m in MODELS}
+    with caplog.at_level("INFO"):
         run_demo()
     assert "bank entry exists, reused" in caplog.text
     assert "tpt.json is up to date, reused" in caplog.text
-    assert os.path.getmtime(os.path.join(demo_out, "tpt.json")) == before
+    for m in MODELS:
+        assert os.path.getmtime(os.path.join(demo_out, "models", m, "tpt.json")) == before[m]
+    cm = _json(demo_out, "cross_model", "cross_model.json")
+    assert cm["run"]["fitted_mappers"] == [] and cm["run"]["scored_cells"] == 0
+    assert cm["run"]["tpt_pairs_run"] == 0
+
+
+def test_cross_model_stage_is_checked_before_any_model_loads():
+    from ptransfer.core.errors import ConfigError
+    from ptransfer.experiments.demo import DemoConfig, run_demo
+    from ptransfer.training.trainer import TrainConfig
+
+    base = TrainConfig(backbone="preset:llama_tiny", task="mr", model_dir="unused", train_steps=1,
+                       prompt_length=2, init_from="random", batch_size=2)
+    with pytest.raises(ConfigError, match="two backbones"):
+        run_demo(DemoConfig(backbones=["preset:llama_tiny"], train_tasks=["mr"], tpt_pairs=[],
+                            cross_model_tasks=["mr"]), base)
+    with pytest.raises(ConfigError, match="not among train_tasks"):
+        run_demo(DemoConfig(backbones=["preset:llama_tiny", "preset:gemma3_tiny"],
+                            train_tasks=["mr"], tpt_pairs=[], cross_model_tasks=["trec"]), base)
+    with pytest.raises(ConfigError, match="unknown field"):
+        run_demo(DemoConfig(backbones=["preset:llama_tiny", "preset:gemma3_tiny"],
+                            train_tasks=["mr"], tpt_pairs=[], cross_model_tasks=["mr"],
+                            cross_model_settings={"relativ_steps": 3}), base)
 
 
 def test_family_means_skip_targets_without_their_own_prompt():

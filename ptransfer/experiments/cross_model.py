@@ -512,7 +512,8 @@ def _group_means(relative: Mapping[str, float | None], groups: Mapping[str, str]
 
 
 def run_cross_model(bank_dir: str, source, target, cfg: CrossModelConfig, out_dir: str, *,
-                    specs: Mapping[str, str] | None = None) -> dict:
+                    specs: Mapping[str, str] | None = None, base: TrainConfig | None = None,
+                    pt_model_dir: Callable[[str, str, int], str] | None = None) -> dict:
     """Fits every mapper, maps the source's bank prompts of `cfg.tasks` and scores them on
     the target (and the reverse with both_directions); writes `<out>/cross_model.json`
     (returned) and each mapper under `<out>/mappers/<name>/<source>_to_<target>/`.
@@ -522,7 +523,10 @@ def run_cross_model(bank_dir: str, source, target, cfg: CrossModelConfig, out_di
     mapper fit key, task, evaluation settings, prompts) is in the existing JSON is
     kept; the JSON is rewritten after each target task. With `cfg.tpt_steps`,
     TPT_MODEL runs per direction from its best mapper (`run_tpt_model`); `specs`
-    {backbone id: spec} then names each backbone in the runs' configs.
+    {backbone id: spec} then names each backbone in the runs' configs; `base` (a
+    TrainConfig) is the run they copy instead of the cfg.tpt_* settings, and
+    `pt_model_dir(backbone id, task, seed)` the vanilla-PT model dir to reuse (the
+    target's own bank run with the same settings, so only TPT trains).
     """
     t_start = time.perf_counter()
     if source.name == target.name:
@@ -590,7 +594,8 @@ def run_cross_model(bank_dir: str, source, target, cfg: CrossModelConfig, out_di
         if cfg.tpt_steps:
             t = time.perf_counter()
             run_tpt_model(direction, fitted, a, b, prompts[a.name], cfg, out_dir, previous, run,
-                          (specs or {}).get(b.name, b.name))
+                          (specs or {}).get(b.name, b.name), base=base,
+                          pt_model_dir=pt_model_dir)
             direction["tpt_wall_s"] = round(time.perf_counter() - t, 3)
             write_json(path, result)
     result["complete"] = True
@@ -772,12 +777,15 @@ def best_mapper(direction: Mapping) -> str | None:
 
 def run_tpt_model(direction: dict, fitted: Mapping[str, Mapper], a, b, source_prompts,
                   cfg: CrossModelConfig, out_dir: str, previous: Mapping[str, dict], run: dict,
-                  target_spec: str) -> None:
+                  target_spec: str, *, base: TrainConfig | None = None,
+                  pt_model_dir: Callable[[str, str, int], str] | None = None) -> None:
     """TPT_MODEL on target `b`: per TPT task, vanilla PT (cfg.tpt_init) vs PT initialized from
     the best mapper's map of the source's first bank prompt of that task, with the same
     settings and seeds (`tpt.run_pair`, speedups of `experiments.speedups`). Fills
     direction["tpt"] {task: pair JSON + key, mapper, source_entry}; a pair whose key
-    (mapper fit key, source prompt, settings) is in `previous` is kept.
+    (mapper fit key, source prompt, settings) is in `previous` is kept. With `base`,
+    both runs copy it (backbone and task replaced; TPT starts a fresh optimizer
+    state, as a mapped prompt has none) and `pt_model_dir` may name vanilla PT's dir.
     """
     best = best_mapper(direction)
     direction["tpt_mapper"] = best
@@ -786,6 +794,8 @@ def run_tpt_model(direction: dict, fitted: Mapping[str, Mapper], a, b, source_pr
         log.warning("cross-model %s: no mapper scored; TPT_MODEL skipped", direction["name"])
         return
     settings = cfg.tpt_settings()
+    if base is not None:
+        settings = {"base": {**base.to_json(), "backbone": target_spec}, "seeds": list(cfg.tpt_seeds)}
     work = os.path.join(out_dir, "tpt", _direction_dir(a, b))
     for t in cfg.tpt_tasks or direction["cells"][best].keys():
         entry, prompt = source_prompts[t][0]
@@ -799,7 +809,8 @@ def run_tpt_model(direction: dict, fitted: Mapping[str, Mapper], a, b, source_pr
         mapped_path = os.path.join(work, "mapped", f"{best}.{t}.{entry.run}.npy")
         os.makedirs(os.path.dirname(mapped_path), exist_ok=True)
         write_npy(mapped_path, fitted[best].apply(prompt, source=a, target=b))
-        base = TrainConfig(
+        run_base = dataclasses.replace(base, backbone=target_spec, task=t,
+                                       model_dir=os.path.join(work, "unused")) if base else TrainConfig(
             backbone=target_spec, task=t, model_dir=os.path.join(work, "unused"),
             prompt_length=int(prompt.shape[0]), init_from=cfg.tpt_init,
             batch_size=cfg.tpt_batch_size, train_steps=cfg.tpt_steps,
@@ -808,8 +819,11 @@ def run_tpt_model(direction: dict, fitted: Mapping[str, Mapper], a, b, source_pr
             input_length=cfg.input_length, target_length=cfg.target_length,
             data_dir=cfg.data_dir, best_metric=cfg.metric, checkpoint_every=cfg.tpt_steps,
             progress=False)
-        pair = run_pair(base, mapped_path, f"{best}.{t}", t, list(cfg.tpt_seeds), work,
-                        backbone=b, init_scheme="projected")
+        pt_dir = (None if pt_model_dir is None
+                  else lambda task, seed: pt_model_dir(b.name, task, seed))
+        pair = run_pair(run_base, mapped_path, f"{best}.{t}", t, list(cfg.tpt_seeds), work,
+                        backbone=b, init_scheme="projected", pt_model_dir=pt_dir,
+                        init_optimizer="fresh")
         pair.update({"key": key, "kind": "tpt_model", "mapper": best, "source_entry": entry.ref,
                      "source_backbone": a.name, "target_backbone": b.name,
                      "mapped_prompt": mapped_path, "settings": settings})

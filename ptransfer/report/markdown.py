@@ -204,19 +204,55 @@ def _reading_indicators(ind: dict) -> list[str]:
 
 
 def write_report(results_dir: str, out_path: str | None = None) -> str:
-    """Draws the plots and writes REPORT.md into results_dir; returns its path."""
+    """Draws the plots and writes REPORT.md into results_dir; returns its path.
+
+    Two layouts: one backbone's JSON at the top of `results_dir`, or the demo's
+    `models/<backbone>/` directories (+ `cross_model/cross_model.json`)."""
     out_path = out_path or os.path.join(results_dir, "REPORT.md")
-    path = lambda name: os.path.join(results_dir, name)  # noqa: E731
-    info = _load(path("run_info.json")) if os.path.exists(path("run_info.json")) else {}
+    info_path = os.path.join(results_dir, "run_info.json")
+    info = _load(info_path) if os.path.exists(info_path) else {}
+    models_dir = os.path.join(results_dir, "models")
+    if not os.path.isdir(models_dir):
+        md = _model_sections(results_dir, results_dir, "", info, level=1)
+        fileio.atomic_write(out_path, "\n".join(md))
+        return out_path
+    names = sorted(os.listdir(models_dir))
+    md = ["# Prompt transferability on " + " and ".join(names), ""]
+    if info:
+        md += ["## Setup", "", _table(["setting", "value"], [
+            [k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in info.items()]), ""]
+    for name in names:
+        md += _model_sections(results_dir, os.path.join(models_dir, name), f"{name}_", {}, level=2)
+    cm_path = os.path.join(results_dir, "cross_model", "cross_model.json")
+    if os.path.exists(cm_path):
+        cm = _load(cm_path)
+        plots.cross_model_bars(cm, os.path.join(results_dir, "cross_model_relative.png"))
+        md += ["## Cross-model transfer", "", "![cross-model relative performance]"
+               "(cross_model_relative.png)", ""]
+        for d in cm["directions"]:
+            for task, pair in d.get("tpt", {}).items():
+                name = f"cross_model_tpt_{d['source']}_to_{d['target']}_{task}.png"
+                plots.tpt_curves(pair, os.path.join(results_dir, name))
+                md += [f"![TPT_MODEL {d['name']} {task}]({name})", ""]
+    fileio.atomic_write(out_path, "\n".join(md))
+    return out_path
+
+
+def _model_sections(results_dir: str, src: str, prefix: str, info: dict, level: int) -> list[str]:
+    """One backbone's sections: its JSON read from `src`, its PNGs written into
+    `results_dir` named `prefix` + the picture's name."""
+    h = "#" * level
+    path = lambda name: os.path.join(src, name)  # noqa: E731
+    png = lambda name: (prefix + name, os.path.join(results_dir, prefix + name))  # noqa: E731
     cross = _load(path("cross_task.json"))
     tpt = _load(path("tpt.json")) if os.path.exists(path("tpt.json")) else None
     ind = _load(path("indicators.json")) if os.path.exists(path("indicators.json")) else None
 
-    md = [f"# Prompt transferability on {cross['backbone']}", ""]
+    md = [f"{h} Prompt transferability on {cross['backbone']}", ""]
     if info:
-        md += ["## Setup", "", _table(["setting", "value"], [[k, json.dumps(v) if isinstance(v, (dict, list)) else v]
-                                                            for k, v in info.items()]), ""]
-    md += ["## What the numbers say", ""]
+        md += [f"{h}# Setup", "", _table(["setting", "value"], [[k, json.dumps(v) if isinstance(v, (dict, list)) else v]
+                                                                for k, v in info.items()]), ""]
+    md += [f"{h}# What the numbers say", ""]
     md += [f"- {s}" for s in _reading_transfer(cross)]
     if tpt:
         md += [f"- {s}" for s in _reading_tpt(tpt)]
@@ -224,12 +260,13 @@ def write_report(results_dir: str, out_path: str | None = None) -> str:
         md += [f"- {s}" for s in _reading_indicators(ind)]
     md += [""]
 
-    plots.transfer_heatmap(cross, path("transfer_heatmap.png"))
+    name, file = png("transfer_heatmap.png")
+    plots.transfer_heatmap(cross, file)
     targets = cross["targets"]
-    md += ["## Zero-shot cross-task transfer", "",
+    md += [f"{h}# Zero-shot cross-task transfer", "",
            "Relative performance = score(S→T) / score(T→T); metric per target: " +
            ", ".join(f"{t}: {cross['metric'][t]}" for t in targets) + ".", "",
-           "![transfer heatmap](transfer_heatmap.png)", "", "Raw scores (mean over seeds ± std):", ""]
+           f"![transfer heatmap]({name})", "", "Raw scores (mean over seeds ± std):", ""]
     rows = []
     for s in cross["sources"]:
         row = [s]
@@ -245,7 +282,7 @@ def write_report(results_dir: str, out_path: str | None = None) -> str:
                ", ".join(f"{t}: {n}" for t, n in cross["eval_sizes"].items()) + ".", ""]
 
     if tpt:
-        md += ["## Transfer as initialization", "",
+        md += [f"{h}# Transfer as initialization", "",
                "TPT reaches PT's best when it scores within one standard error of it (the "
                "binomial SE on the evaluation subset, else the spread over seeds); the "
                "exact-match speedup (TPT ≥ PT's best) is shown beside it.", "",
@@ -257,15 +294,16 @@ def write_report(results_dir: str, out_path: str | None = None) -> str:
                         p.get("pt_best"), p.get("tpt_best")]
                        for p in tpt["pairs"]]), ""]
         for p in tpt["pairs"]:
-            name = f"curves_{p['source']}_to_{p['target']}.png"
-            plots.tpt_curves(p, path(name))
+            name, file = png(f"curves_{p['source']}_to_{p['target']}.png")
+            plots.tpt_curves(p, file)
             md += [f"![{p['source']} to {p['target']}]({name})", ""]
 
     if ind:
-        plots.indicator_scatter(ind, path("indicator_scatter.png"))
+        scatter, file = png("indicator_scatter.png")
+        plots.indicator_scatter(ind, file)
         summary = ind["spearman"].get("summary", {})
         per_t = list(ind["spearman"]["per_target"].get("ON", {}))
-        md += ["## Transferability indicators", "",
+        md += [f"{h}# Transferability indicators", "",
                "Spearman correlation between each indicator and measured relative transfer "
                "(self pairs excluded): per target over its sources, their mean over targets "
                "(the headline), and all pairs pooled, with 95% bootstrap intervals"
@@ -278,11 +316,11 @@ def write_report(results_dir: str, out_path: str | None = None) -> str:
                         f"{_fmt(v, 2)}{_ci_text(summary.get(k, {}).get('pooled_ci'))}"]
                        + [ind["spearman"]["per_target"].get(k, {}).get(t) for t in per_t]
                        for k, v in ind["spearman"]["overall"].items()]), "",
-               "![indicator scatter](indicator_scatter.png)", ""]
+               f"![indicator scatter]({scatter})", ""]
         if ind["spearman"].get("windows"):
-            plots.on_by_window(ind, path("on_by_window.png"))
+            windows, file = png("on_by_window.png")
+            plots.on_by_window(ind, file)
             md += ["ON by window of consecutive layers:", "",
                    _table(["layers", "Spearman"], list(ind["spearman"]["windows"].items())), "",
-                   "![ON by layer window](on_by_window.png)", ""]
-    fileio.atomic_write(out_path, "\n".join(md))
-    return out_path
+                   f"![ON by layer window]({windows})", ""]
+    return md
