@@ -15,7 +15,7 @@ import os
 from statistics import mean
 
 from ptransfer.core import fileio
-from ptransfer.report import plots
+from ptransfer.report import multi_model, plots, tables, verdicts
 
 
 def _load(path: str):
@@ -23,18 +23,7 @@ def _load(path: str):
         return json.load(f)
 
 
-def _fmt(x, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+_fmt, _table = tables.fmt, tables.table
 
 
 def family_means(cross_task: dict) -> dict[str, float | None]:
@@ -153,24 +142,6 @@ def _headline_spearman(ind: dict) -> tuple[dict[str, float], str]:
              if v is not None and not math.isnan(v)}, "Spearman over pooled pairs")
 
 
-def _on_verdict(rho: dict, ci: dict, best_emb: str, on_ci, emb_ci) -> str:
-    """The paper's finding (ON correlates better than every embedding similarity) as a
-    verdict from the two headline values and their 95% intervals: reproduced or not
-    reproduced only when the intervals do not overlap (a conservative reading: two
-    overlapping intervals are inconclusive), the direction alone otherwise."""
-    on, emb = rho["ON"], rho[best_emb]
-    both = (f"ON ({on:+.2f}{ci['ON']}) vs the best embedding similarity "
-            f"{best_emb} ({emb:+.2f}{ci[best_emb]})")
-    if on_ci and emb_ci and on_ci[0] > emb_ci[1]:
-        return f"{both}: reproduced, ON is higher and the intervals do not overlap."
-    if on_ci and emb_ci and on_ci[1] < emb_ci[0]:
-        return (f"{both}: not reproduced, ON is lower and the intervals do not overlap; the "
-                "paper's finding does not hold on this model and these tasks.")
-    side = "higher" if on > emb else "not higher"
-    return (f"{both}: inconclusive, ON is {side} but the 95% intervals overlap (or are "
-            "missing), so these sizes cannot tell the two apart.")
-
-
 def _reading_indicators(ind: dict) -> list[str]:
     overall, what = _headline_spearman(ind)
     if not overall:
@@ -183,10 +154,7 @@ def _reading_indicators(ind: dict) -> list[str]:
     out = [f"The indicator most correlated with measured transfer is {best} "
            f"({what} {overall[best]:+.2f}{ci[best]}, 95% bootstrap interval)."]
     if "ON" in overall and emb:
-        best_emb = max(emb, key=emb.get)
-        out.append(_on_verdict(overall, ci, best_emb,
-                               summary.get("ON", {}).get("mean_per_target_ci"),
-                               summary.get(best_emb, {}).get("mean_per_target_ci")))
+        out.append(verdicts.indicator_verdict(ind).sentence)
     dropped = sorted({t for v in summary.values() for t in v.get("dropped_targets", {})})
     if dropped:
         out.append("Left out of the mean over targets (every source ties, or too few sources): "
@@ -204,7 +172,13 @@ def _reading_indicators(ind: dict) -> list[str]:
 
 
 def write_report(results_dir: str, out_path: str | None = None) -> str:
-    """Draws the plots and writes REPORT.md into results_dir; returns its path."""
+    """Draws the plots and writes REPORT.md into results_dir; returns its path.
+
+    A directory with models/<backbone>/ (the two-model demo) gets the per-finding
+    report of `report.multi_model`; one with cross_task.json at its top this one.
+    """
+    if multi_model.is_multi_model(results_dir):
+        return multi_model.write_report(results_dir, out_path)
     out_path = out_path or os.path.join(results_dir, "REPORT.md")
     path = lambda name: os.path.join(results_dir, name)  # noqa: E731
     info = _load(path("run_info.json")) if os.path.exists(path("run_info.json")) else {}
