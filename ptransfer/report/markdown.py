@@ -15,7 +15,7 @@ import os
 from statistics import mean
 
 from ptransfer.core import fileio
-from ptransfer.report import plots
+from ptransfer.report import multi_model, plots, tables, verdicts
 
 
 def _load(path: str):
@@ -23,18 +23,7 @@ def _load(path: str):
         return json.load(f)
 
 
-def _fmt(x, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+_fmt, _table = tables.fmt, tables.table
 
 
 def family_means(cross_task: dict) -> dict[str, float | None]:
@@ -153,24 +142,6 @@ def _headline_spearman(ind: dict) -> tuple[dict[str, float], str]:
              if v is not None and not math.isnan(v)}, "Spearman over pooled pairs")
 
 
-def _on_verdict(rho: dict, ci: dict, best_emb: str, on_ci, emb_ci) -> str:
-    """The paper's finding (ON correlates better than every embedding similarity) as a
-    verdict from the two headline values and their 95% intervals: reproduced or not
-    reproduced only when the intervals do not overlap (a conservative reading: two
-    overlapping intervals are inconclusive), the direction alone otherwise."""
-    on, emb = rho["ON"], rho[best_emb]
-    both = (f"ON ({on:+.2f}{ci['ON']}) vs the best embedding similarity "
-            f"{best_emb} ({emb:+.2f}{ci[best_emb]})")
-    if on_ci and emb_ci and on_ci[0] > emb_ci[1]:
-        return f"{both}: reproduced, ON is higher and the intervals do not overlap."
-    if on_ci and emb_ci and on_ci[1] < emb_ci[0]:
-        return (f"{both}: not reproduced, ON is lower and the intervals do not overlap; the "
-                "paper's finding does not hold on this model and these tasks.")
-    side = "higher" if on > emb else "not higher"
-    return (f"{both}: inconclusive, ON is {side} but the 95% intervals overlap (or are "
-            "missing), so these sizes cannot tell the two apart.")
-
-
 def _reading_indicators(ind: dict) -> list[str]:
     overall, what = _headline_spearman(ind)
     if not overall:
@@ -183,10 +154,7 @@ def _reading_indicators(ind: dict) -> list[str]:
     out = [f"The indicator most correlated with measured transfer is {best} "
            f"({what} {overall[best]:+.2f}{ci[best]}, 95% bootstrap interval)."]
     if "ON" in overall and emb:
-        best_emb = max(emb, key=emb.get)
-        out.append(_on_verdict(overall, ci, best_emb,
-                               summary.get("ON", {}).get("mean_per_target_ci"),
-                               summary.get(best_emb, {}).get("mean_per_target_ci")))
+        out.append(verdicts.indicator_verdict(ind).sentence)
     dropped = sorted({t for v in summary.values() for t in v.get("dropped_targets", {})})
     if dropped:
         out.append("Left out of the mean over targets (every source ties, or too few sources): "
@@ -206,53 +174,23 @@ def _reading_indicators(ind: dict) -> list[str]:
 def write_report(results_dir: str, out_path: str | None = None) -> str:
     """Draws the plots and writes REPORT.md into results_dir; returns its path.
 
-    Two layouts: one backbone's JSON at the top of `results_dir`, or the demo's
-    `models/<backbone>/` directories (+ `cross_model/cross_model.json`)."""
+    A directory with models/<backbone>/ (the two-model demo) gets the per-finding
+    report of `report.multi_model`; one with cross_task.json at its top this one.
+    """
+    if multi_model.is_multi_model(results_dir):
+        return multi_model.write_report(results_dir, out_path)
     out_path = out_path or os.path.join(results_dir, "REPORT.md")
-    info_path = os.path.join(results_dir, "run_info.json")
-    info = _load(info_path) if os.path.exists(info_path) else {}
-    models_dir = os.path.join(results_dir, "models")
-    if not os.path.isdir(models_dir):
-        md = _model_sections(results_dir, results_dir, "", info, level=1)
-        fileio.atomic_write(out_path, "\n".join(md))
-        return out_path
-    names = sorted(os.listdir(models_dir))
-    md = ["# Prompt transferability on " + " and ".join(names), ""]
-    if info:
-        md += ["## Setup", "", _table(["setting", "value"], [
-            [k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in info.items()]), ""]
-    for name in names:
-        md += _model_sections(results_dir, os.path.join(models_dir, name), f"{name}_", {}, level=2)
-    cm_path = os.path.join(results_dir, "cross_model", "cross_model.json")
-    if os.path.exists(cm_path):
-        cm = _load(cm_path)
-        plots.cross_model_bars(cm, os.path.join(results_dir, "cross_model_relative.png"))
-        md += ["## Cross-model transfer", "", "![cross-model relative performance]"
-               "(cross_model_relative.png)", ""]
-        for d in cm["directions"]:
-            for task, pair in d.get("tpt", {}).items():
-                name = f"cross_model_tpt_{d['source']}_to_{d['target']}_{task}.png"
-                plots.tpt_curves(pair, os.path.join(results_dir, name))
-                md += [f"![TPT_MODEL {d['name']} {task}]({name})", ""]
-    fileio.atomic_write(out_path, "\n".join(md))
-    return out_path
-
-
-def _model_sections(results_dir: str, src: str, prefix: str, info: dict, level: int) -> list[str]:
-    """One backbone's sections: its JSON read from `src`, its PNGs written into
-    `results_dir` named `prefix` + the picture's name."""
-    h = "#" * level
-    path = lambda name: os.path.join(src, name)  # noqa: E731
-    png = lambda name: (prefix + name, os.path.join(results_dir, prefix + name))  # noqa: E731
+    path = lambda name: os.path.join(results_dir, name)  # noqa: E731
+    info = _load(path("run_info.json")) if os.path.exists(path("run_info.json")) else {}
     cross = _load(path("cross_task.json"))
     tpt = _load(path("tpt.json")) if os.path.exists(path("tpt.json")) else None
     ind = _load(path("indicators.json")) if os.path.exists(path("indicators.json")) else None
 
-    md = [f"{h} Prompt transferability on {cross['backbone']}", ""]
+    md = [f"# Prompt transferability on {cross['backbone']}", ""]
     if info:
-        md += [f"{h}# Setup", "", _table(["setting", "value"], [[k, json.dumps(v) if isinstance(v, (dict, list)) else v]
-                                                                for k, v in info.items()]), ""]
-    md += [f"{h}# What the numbers say", ""]
+        md += ["## Setup", "", _table(["setting", "value"], [[k, json.dumps(v) if isinstance(v, (dict, list)) else v]
+                                                            for k, v in info.items()]), ""]
+    md += ["## What the numbers say", ""]
     md += [f"- {s}" for s in _reading_transfer(cross)]
     if tpt:
         md += [f"- {s}" for s in _reading_tpt(tpt)]
@@ -260,13 +198,12 @@ def _model_sections(results_dir: str, src: str, prefix: str, info: dict, level: 
         md += [f"- {s}" for s in _reading_indicators(ind)]
     md += [""]
 
-    name, file = png("transfer_heatmap.png")
-    plots.transfer_heatmap(cross, file)
+    plots.transfer_heatmap(cross, path("transfer_heatmap.png"))
     targets = cross["targets"]
-    md += [f"{h}# Zero-shot cross-task transfer", "",
+    md += ["## Zero-shot cross-task transfer", "",
            "Relative performance = score(S→T) / score(T→T); metric per target: " +
            ", ".join(f"{t}: {cross['metric'][t]}" for t in targets) + ".", "",
-           f"![transfer heatmap]({name})", "", "Raw scores (mean over seeds ± std):", ""]
+           "![transfer heatmap](transfer_heatmap.png)", "", "Raw scores (mean over seeds ± std):", ""]
     rows = []
     for s in cross["sources"]:
         row = [s]
@@ -282,7 +219,7 @@ def _model_sections(results_dir: str, src: str, prefix: str, info: dict, level: 
                ", ".join(f"{t}: {n}" for t, n in cross["eval_sizes"].items()) + ".", ""]
 
     if tpt:
-        md += [f"{h}# Transfer as initialization", "",
+        md += ["## Transfer as initialization", "",
                "TPT reaches PT's best when it scores within one standard error of it (the "
                "binomial SE on the evaluation subset, else the spread over seeds); the "
                "exact-match speedup (TPT ≥ PT's best) is shown beside it.", "",
@@ -294,16 +231,15 @@ def _model_sections(results_dir: str, src: str, prefix: str, info: dict, level: 
                         p.get("pt_best"), p.get("tpt_best")]
                        for p in tpt["pairs"]]), ""]
         for p in tpt["pairs"]:
-            name, file = png(f"curves_{p['source']}_to_{p['target']}.png")
-            plots.tpt_curves(p, file)
+            name = f"curves_{p['source']}_to_{p['target']}.png"
+            plots.tpt_curves(p, path(name))
             md += [f"![{p['source']} to {p['target']}]({name})", ""]
 
     if ind:
-        scatter, file = png("indicator_scatter.png")
-        plots.indicator_scatter(ind, file)
+        plots.indicator_scatter(ind, path("indicator_scatter.png"))
         summary = ind["spearman"].get("summary", {})
         per_t = list(ind["spearman"]["per_target"].get("ON", {}))
-        md += [f"{h}# Transferability indicators", "",
+        md += ["## Transferability indicators", "",
                "Spearman correlation between each indicator and measured relative transfer "
                "(self pairs excluded): per target over its sources, their mean over targets "
                "(the headline), and all pairs pooled, with 95% bootstrap intervals"
@@ -316,11 +252,11 @@ def _model_sections(results_dir: str, src: str, prefix: str, info: dict, level: 
                         f"{_fmt(v, 2)}{_ci_text(summary.get(k, {}).get('pooled_ci'))}"]
                        + [ind["spearman"]["per_target"].get(k, {}).get(t) for t in per_t]
                        for k, v in ind["spearman"]["overall"].items()]), "",
-               f"![indicator scatter]({scatter})", ""]
+               "![indicator scatter](indicator_scatter.png)", ""]
         if ind["spearman"].get("windows"):
-            windows, file = png("on_by_window.png")
-            plots.on_by_window(ind, file)
+            plots.on_by_window(ind, path("on_by_window.png"))
             md += ["ON by window of consecutive layers:", "",
                    _table(["layers", "Spearman"], list(ind["spearman"]["windows"].items())), "",
-                   f"![ON by layer window]({windows})", ""]
-    return md
+                   "![ON by layer window](on_by_window.png)", ""]
+    fileio.atomic_write(out_path, "\n".join(md))
+    return out_path

@@ -151,3 +151,30 @@ def on_by_window(indicators: dict, path: str) -> str:
     ax.set_ylabel("Spearman ρ (ON vs transfer)")
     ax.set_title("Where ON's signal lives")
     return _save(fig, path)
+
+
+def interval_bars(panels: dict, path: str, *, ylabel: str, title: str = "") -> str:
+    """Grouped bars with 95% error bars: one group per panel key (e.g. a direction), one
+    bar per name inside it.
+
+    panels: {group: {name: {"mean": x | None, "ci": [low, high] | None}}}.
+    """
+    groups = list(panels)
+    names = list(dict.fromkeys(n for g in groups for n in panels[g]))
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(groups) * len(names) + 3), 4.2))
+    colors = plt.get_cmap("tab10")
+    for i, name in enumerate(names):
+        x = np.arange(len(groups)) + (i - (len(names) - 1) / 2) * width
+        cells = [panels[g].get(name) or {} for g in groups]
+        means = np.array([math.nan if c.get("mean") is None else c["mean"] for c in cells])
+        err = np.array([[m - c["ci"][0], c["ci"][1] - m] if c.get("ci") else [0.0, 0.0]
+                        for m, c in zip(means, cells)]).T.reshape(2, -1)
+        ax.bar(x, means, width, yerr=np.nan_to_num(err), capsize=3,
+               label=name.replace("_", " "), color=colors(i % 10))
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
