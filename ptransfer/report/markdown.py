@@ -203,20 +203,8 @@ def write_report(results_dir: str, out_path: str | None = None) -> str:
     md += ["## Zero-shot cross-task transfer", "",
            "Relative performance = score(S→T) / score(T→T); metric per target: " +
            ", ".join(f"{t}: {cross['metric'][t]}" for t in targets) + ".", "",
-           "![transfer heatmap](transfer_heatmap.png)", "", "Raw scores (mean over seeds ± std):", ""]
-    rows = []
-    for s in cross["sources"]:
-        row = [s]
-        for t in targets:
-            m, sd = cross["scores"][s].get(t), cross.get("scores_std", {}).get(s, {}).get(t)
-            row.append(f"{m:.3f}" + (f" ± {sd:.3f}" if sd else "") if m is not None else "n/a")
-        rows.append(row)
-    for b, sc in cross.get("baselines", {}).items():
-        rows.append([f"({b})"] + [sc.get(t) for t in targets])
-    md += [_table(["source \\ target"] + targets, rows), ""]
-    if cross.get("eval_sizes"):
-        md += ["Evaluation examples per target: " +
-               ", ".join(f"{t}: {n}" for t, n in cross["eval_sizes"].items()) + ".", ""]
+           "![transfer heatmap](transfer_heatmap.png)", ""]
+    md += tables.raw_scores(cross)
 
     if tpt:
         md += ["## Transfer as initialization", "",

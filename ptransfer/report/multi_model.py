@@ -20,7 +20,7 @@ import re
 
 from ptransfer.core import fileio
 from ptransfer.report import paper, plots, verdicts
-from ptransfer.report.tables import fmt, table, with_ci
+from ptransfer.report.tables import fmt, raw_scores, table, with_ci
 
 
 def is_multi_model(results_dir: str) -> bool:
@@ -75,7 +75,8 @@ def _cross_task(model: str, cross: dict, v: verdicts.Verdict, out_dir: str) -> l
     return [f"### {model}", "",
             table(["group", "mean relative performance [95% interval]", "cells"], rows), "",
             f"Intervals: bootstrap over the {n['interval_over']}.", "",
-            f"![{model} transfer heatmap]({png})", "", f"**{v.verdict}.** {v.sentence}", ""]
+            f"![{model} transfer heatmap]({png})", "", *raw_scores(cross),
+            f"**{v.verdict}.** {v.sentence}", ""]
 
 
 def _speedup_rows(pairs: list[dict], similar: bool | None = None) -> list[list]:

@@ -25,3 +25,23 @@ def with_ci(n: dict | None, digits: int = 2) -> str:
         return "n/a"
     ci = n.get("ci")
     return f"{n['mean']:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+
+
+def raw_scores(cross_task: dict) -> list[str]:
+    """The matrix's raw scores (mean over seeds ± std; baselines below) and its
+    evaluation sizes, as report lines."""
+    targets = cross_task["targets"]
+    rows = []
+    for s in cross_task["sources"]:
+        row = [s]
+        for t in targets:
+            m, sd = cross_task["scores"][s].get(t), cross_task.get("scores_std", {}).get(s, {}).get(t)
+            row.append(f"{m:.3f}" + (f" ± {sd:.3f}" if sd else "") if m is not None else "n/a")
+        rows.append(row)
+    for b, sc in cross_task.get("baselines", {}).items():
+        rows.append([f"({b})"] + [sc.get(t) for t in targets])
+    md = ["Raw scores (mean over seeds ± std):", "", table(["source \\ target"] + targets, rows), ""]
+    if cross_task.get("eval_sizes"):
+        md += ["Evaluation examples per target: " +
+               ", ".join(f"{t}: {n}" for t, n in cross_task["eval_sizes"].items()) + ".", ""]
+    return md
