@@ -73,6 +73,7 @@ import gin
 import numpy as np
 
 import tasks
+from tasks import validation
 from ptransfer import backbones, data, prompts, scoring
 from ptransfer.backbones import check_compute_dtype, configure_backbone, load_backbone
 from ptransfer.backbones.layers import check_remat
@@ -423,6 +424,9 @@ class Trainer:
             raise ConfigError(f"balance_classes needs a classification task; {cfg.task!r} "
                               f"({spec.type}) has no labels. Set BALANCE_CLASSES=False.")
         self._check_outputs()
+        # The data is read once here, as `ptransfer data check` reads it, so a bad file
+        # stops the run before MODEL_DIR or its checkpoint manager exists.
+        validation.check_data(spec, cfg.data_dir, splits=(cfg.train_split, cfg.eval_split))
         init_desc = prompts.describe_init(cfg.init_from)
         source_moments = None
         if cfg.effective_init_optimizer() == "source":  # checked before anything is loaded
