@@ -73,7 +73,6 @@ import gin
 import numpy as np
 
 import tasks
-from tasks import validation
 from ptransfer import backbones, data, prompts, scoring
 from ptransfer.backbones import check_compute_dtype, configure_backbone, load_backbone
 from ptransfer.backbones.layers import check_remat
@@ -92,6 +91,7 @@ from ptransfer.training.optimizer import (
     make_optimizer,
     with_adam_moments,
 )
+from tasks import validation
 
 log = logging.getLogger(__name__)
 
