@@ -241,7 +241,6 @@ def atomic_open(path: str, mode: str = "w"):
         raise
 
 
-@contextlib.contextmanager
 def make_temp_dir(parent: str, prefix: str) -> str:
     """A new local directory in `parent` with the mode a plain `mkdir` gives (the
     umask's), not mkdtemp's 0700: it is renamed into place as a normal directory."""
@@ -252,6 +251,7 @@ def make_temp_dir(parent: str, prefix: str) -> str:
     return tmp
 
 
+@contextlib.contextmanager
 def atomic_directory(directory: str):
     """A fresh local temp directory beside `directory`; when the block ends without an
     error it replaces `directory` (an existing one is moved aside, then removed), else
