@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from ptransfer.core.errors import ConfigError, DataError
 from ptransfer.core.vocab import check_single_token_label_words
-from tasks import corpora, release_files
+from tasks import corpora, release_files, validation
 from tasks.metrics import seqio_metric_fns
 from tasks.sources import asset_cache_dir, resolve_data_dir
 from tasks.specs import MASK_SLOT, TaskSpec, get_spec, tasks_of_type
@@ -147,8 +147,7 @@ class CheckedTfdsDataSource(seqio.TfdsDataSource):
         if self._checked:
             return
         src = self._spec.source
-        if not src.prepared_dir(self._data_dir):
-            raise DataError(f"task {self._spec.name!r}: " + src.instructions(self._data_dir))
+        validation.check_data(self._spec, self._data_dir)  # prepared, or how to prepare it
         if src.label_names:
             names = tuple(self.tfds_dataset.info.features["label"].names)
             if names != src.label_names:

@@ -58,6 +58,19 @@ def _cases(tmp):
         open(os.path.join(tmp, "file"), "w").close()
         trainer.Trainer(_config(tmp, bank_dir=os.path.join(tmp, "file"))).run()
 
+    def empty_split():
+        from _trainer_common import write_justice
+
+        data = write_justice(os.path.join(tmp, "data"), empty_train=True)
+        trainer.Trainer(_config(tmp, data_dir=data)).run()
+
+    def other_learning_rate():
+        from ptransfer.training import checkpointing
+
+        model_dir = os.path.join(tmp, "lr")
+        checkpointing.check_run_identity(model_dir, {"optimizer": {"learning_rate": 0.3}})
+        checkpointing.check_run_identity(model_dir, {"optimizer": {"learning_rate": 0.03}})
+
     inf = prompt.copy()
     inf[0, 0] = np.inf
     return [
@@ -74,6 +87,9 @@ def _cases(tmp):
         ("an hf: directory that does not exist",
          lambda: trainer.Trainer(_config(tmp, backbone=f"hf:{tmp}/nowhere")).run()),
         ("an hf: directory whose config.json is not JSON", bad_json_hf),
+        ("an empty train split (the same in `ptransfer data check`)", empty_split),
+        ("a lower LEARNING_RATE in a MODEL_DIR that holds a run (without CONTINUE_WITH_CHANGES)",
+         other_learning_rate),
         ("an unknown preset", lambda: trainer.Trainer(_config(tmp, backbone="preset:t5_tny")).run()),
     ]
 

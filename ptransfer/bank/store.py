@@ -54,7 +54,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from typing import Iterable, Mapping, Sequence
 
@@ -247,7 +246,7 @@ def write_entry(bank_dir: str, backbone: str, task: str, run: str, prompt, meta:
     ref = f"{backbone}/{task}/{run}"
     if is_complete(path) and not overwrite:
         raise _exists_error(ref, path)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{run}-", dir=parent)
+    tmp = fileio.make_temp_dir(parent, f".tmp-{run}-")
     try:
         digests = {PROMPT_FILE: _write_file(os.path.join(tmp, PROMPT_FILE), _npy_bytes(arr)),
                    META_FILE: _write_file(os.path.join(tmp, META_FILE), meta_bytes)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 
 from ptransfer.core.errors import PtransferError
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_cli(sub)
+    accept_both_spellings(parser)
     return parser
 
 
@@ -62,6 +64,32 @@ def setup_logging(verbose: bool = False) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# gin appends "In call to configurable 'X' (<function X at 0x...>)" to errors raised
+# inside a configurable: noise to a user, who already reads which setting is wrong.
+_GIN_CALL_SUFFIX = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)")
+
+
+def error_text(error: Exception) -> str:
+    """The one line a PtransferError prints as, without gin's call suffixes."""
+    return " ".join(_GIN_CALL_SUFFIX.sub("", str(error)).split())
+
+
+def accept_both_spellings(parser: argparse.ArgumentParser) -> None:
+    """Lets every --option of `parser` and its subcommands be given as `--data_dir`
+    or `--data-dir` (T5X spells flags with underscores; help shows each option as it
+    is declared). argparse has no public alias API, so the other spelling is added to
+    each parser's option table."""
+    for action in list(parser._actions):
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                accept_both_spellings(sub)
+        for name in action.option_strings:
+            if not name.startswith("--") or name.startswith("--gin"):
+                continue
+            for other in ("--" + name[2:].replace("-", "_"), "--" + name[2:].replace("_", "-")):
+                parser._option_string_actions.setdefault(other, action)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -72,7 +100,7 @@ def main(argv=None) -> int:
     try:
         result = args.func(args)
     except PtransferError as e:
-        print(f"ptransfer: error: {e}", file=sys.stderr)
+        print(f"ptransfer: error: {error_text(e)}", file=sys.stderr)
         return 2
     return int(result or 0)
 

@@ -1,5 +1,7 @@
 """`ptransfer tasks` (the registry as a table) and `ptransfer data check`.
 
+Both check local data with `tasks.validation`, the check training makes.
+
 Both read only the spec registry and the file system: no TensorFlow import.
 """
 
@@ -7,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from ptransfer.core.errors import DataError
+from tasks import validation
 from tasks.sources import asset_cache_dir, resolve_data_dir
 from tasks.specs import SPECS, TaskSpec
 
@@ -31,16 +35,17 @@ def add_cli(subparsers) -> None:
 
 # ---- ptransfer tasks ----------------------------------------------------------------
 
-def _sizes(spec: TaskSpec, data_dir: str, cache: str) -> str:
+def _sizes(spec: TaskSpec, data_dir: str, cache: str, problems: dict) -> str:
+    """Split sizes; a task whose local files are present but invalid gets its
+    DataError (the one training would stop with) in `problems`."""
     sizes = dict(spec.sizes)
     if not sizes and spec.source.kind == "files" and not spec.source.missing(data_dir):
-        from tasks import release_files
-
         try:
-            sizes = {s: len(release_files.read_split(spec, data_dir, s)["label"])
-                     for s in spec.splits}
-        except Exception as e:  # a broken file is reported by `data check`, not here
-            return f"unreadable: {e}"[:60]
+            cols = validation.read_splits(spec, data_dir, cache)
+        except DataError as e:
+            problems[spec.name] = str(e)
+            return "invalid (see below)"
+        sizes = {s: len(c["label"]) for s, c in cols.items()}
     return " ".join(f"{s}={sizes[s] if s in sizes else '?'}" for s in spec.splits)
 
 
@@ -50,8 +55,11 @@ def _label_text(spec: TaskSpec) -> str:
     return "/".join(spec.label_words)
 
 
-def task_table(data_dir: str | None = None, cache_dir: str | None = None) -> list[list[str]]:
-    """Rows: name, type, source, splits with sizes, label words, metrics."""
+def task_table(data_dir: str | None = None, cache_dir: str | None = None,
+               problems: dict | None = None) -> list[list[str]]:
+    """Rows: name, type, source, splits with sizes, label words, metrics; the data
+    errors of tasks whose files are invalid go into `problems` ({name: message})."""
+    problems = {} if problems is None else problems
     data_dir = resolve_data_dir(data_dir)
     cache = asset_cache_dir(cache_dir)
     rows = []
@@ -63,7 +71,7 @@ def task_table(data_dir: str | None = None, cache_dir: str | None = None) -> lis
             top = max(train)
             skew = f" [{100 * top // sum(train)}% {spec.label_words[train.index(top)]}]"
         metrics = ", ".join(spec.metrics[:2]) if spec.is_classification else ", ".join(spec.metrics)
-        rows.append([name, spec.type, spec.source.describe, _sizes(spec, data_dir, cache) + skew,
+        rows.append([name, spec.type, spec.source.describe, _sizes(spec, data_dir, cache, problems) + skew,
                      _label_text(spec), metrics])
     return rows
 
@@ -78,7 +86,10 @@ def format_table(header, rows) -> str:
 
 def _run_tasks(args) -> int:
     header = ["name", "type", "source", "splits (examples)", "label words", "metrics"]
-    print(format_table(header, task_table(args.data_dir)))
+    problems: dict = {}
+    print(format_table(header, task_table(args.data_dir, problems=problems)))
+    for name, message in problems.items():
+        print(f"\n{name}: {message}")
     print("\nThe first metric is the model-selection score. Classification tasks also report "
           "macro_f1. 'eval-only': no train split (rt is the Rotten Tomatoes reviews not in mr).")
     return 0
@@ -87,24 +98,26 @@ def _run_tasks(args) -> int:
 # ---- ptransfer data check ----------------------------------------------------------
 
 def data_status(data_dir: str | None = None, cache_dir: str | None = None) -> list[tuple]:
-    """(name, present, where or what to do) for every task."""
+    """(name, state, where or what to do) for every task; state is 'ok', 'MISSING'
+    (files absent: how to get them) or 'INVALID' (present, but training would stop
+    with this DataError: `tasks.validation`)."""
     data_dir = resolve_data_dir(data_dir)
     cache = asset_cache_dir(cache_dir)
     out = []
     for spec in SPECS.values():
         src = spec.source
-        if src.kind == "tfds":
-            where = src.prepared_dir(data_dir)
-            out.append((spec.name, bool(where), where or src.instructions(data_dir)))
-        elif src.kind == "files":
-            missing = src.missing(data_dir)
-            out.append((spec.name, not missing,
-                        os.path.join(data_dir, src.subdir) if not missing
-                        else src.instructions(data_dir)))
-        else:
-            missing = src.missing(cache)
-            out.append((spec.name, not missing,
-                        cache if not missing else src.instructions(cache)))
+        root = cache if src.kind == "corpus" else data_dir
+        if src.missing(root):
+            out.append((spec.name, "MISSING", src.instructions(root)))
+            continue
+        try:
+            validation.check_data(spec, data_dir, cache)
+        except DataError as e:
+            out.append((spec.name, "INVALID", str(e)))
+            continue
+        where = (src.prepared_dir(data_dir) if src.kind == "tfds" else
+                 os.path.join(data_dir, src.subdir) if src.kind == "files" else cache)
+        out.append((spec.name, "ok", where))
     return out
 
 
@@ -112,8 +125,8 @@ def _run_check(args) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     status = data_status(data_dir, args.cache_dir)
     print(f"data root: {data_dir}\nasset cache: {asset_cache_dir(args.cache_dir)}\n")
-    for name, present, detail in status:
-        print(f"{'ok     ' if present else 'MISSING'}  {name:17s} {detail}")
-    missing = [n for n, ok, _ in status if not ok]
-    print(f"\n{len(status) - len(missing)} of {len(status)} datasets present.")
-    return 1 if missing else 0
+    for name, state, detail in status:
+        print(f"{state:7s}  {name:17s} {detail}")
+    bad = [n for n, state, _ in status if state != "ok"]
+    print(f"\n{len(status) - len(bad)} of {len(status)} datasets present and readable.")
+    return 1 if bad else 0

@@ -241,6 +241,16 @@ def atomic_open(path: str, mode: str = "w"):
         raise
 
 
+def make_temp_dir(parent: str, prefix: str) -> str:
+    """A new local directory in `parent` with the mode a plain `mkdir` gives (the
+    umask's), not mkdtemp's 0700: it is renamed into place as a normal directory."""
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_directory(directory: str):
     """A fresh local temp directory beside `directory`; when the block ends without an
@@ -249,7 +259,7 @@ def atomic_directory(directory: str):
     directory = os.path.abspath(directory)
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+    tmp = make_temp_dir(parent, f".{os.path.basename(directory)}.tmp-")
     try:
         yield tmp
         if os.path.exists(directory):

@@ -16,7 +16,7 @@ renames it), so a kill at any instant leaves the previous checkpoints usable.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -28,12 +28,23 @@ IDENTITY_FILE = "run_identity.json"
 CHECKPOINT_SUBDIR = "checkpoints"
 
 
-def check_run_identity(model_dir: str, identity: dict[str, Any], *, write: bool = True) -> None:
+CONTINUATIONS = "continuations"  # run_identity.json: the settings a continued run changed
+
+
+def check_run_identity(model_dir: str, identity: dict[str, Any], *, write: bool = True,
+                       changeable: Sequence[str] = (), continued_at: int | None = None
+                       ) -> dict[str, Any]:
     """Refuses a model dir that holds another run; else (with `write`) records this one.
 
     Call it with write=False before loading anything, and with write=True once
     the run has been validated (so a run that fails on bad input leaves no
     identity behind). Raises CheckpointError naming the settings that differ.
+
+    `changeable`: settings this run may change (CONTINUE_WITH_CHANGES: the
+    optimizer). When only those differ, the run continues: with `write` the new
+    identity is recorded, and the old values go into its CONTINUATIONS list with
+    the step the change takes effect at (`continued_at`). Returns {setting: old
+    value} of what changed ({} when nothing did).
     """
     path = fileio.join(model_dir, IDENTITY_FILE)
     identity = json.loads(json.dumps(identity, sort_keys=True))  # normalize tuples etc.
@@ -44,21 +55,35 @@ def check_run_identity(model_dir: str, identity: dict[str, Any], *, write: bool 
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path} is unreadable ({e}); this model dir is damaged. "
                                   "Choose a new MODEL_DIR or delete this one.") from None
+        history = old.pop(CONTINUATIONS, [])
         diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-        if diff:
+        if diff and not set(diff) <= set(changeable):
             details = "; ".join(f"{k}: {old.get(k)!r} there vs {identity.get(k)!r} now" for k in diff)
+            hint = ""
+            if set(diff) <= set(CHANGEABLE):
+                hint = (" To continue that run from its latest checkpoint with these settings, "
+                        "add --gin.CONTINUE_WITH_CHANGES=True.")
             raise CheckpointError(
                 f"model dir {model_dir} holds a different run ({details}). Refusing to mix them: "
-                "choose a new MODEL_DIR, or delete that directory to start over.")
-        return
+                "choose a new MODEL_DIR, or delete that directory to start over." + hint)
+        changed = {k: old.get(k) for k in diff}
+        if changed and write:
+            record = {"at_step": continued_at, **{f"previous_{k}": v for k, v in changed.items()}}
+            fileio.write_json(path, {**identity, CONTINUATIONS: [*history, record]},
+                              sort_keys=True)
+        return changed
     ckpt_dir = fileio.join(model_dir, CHECKPOINT_SUBDIR)
     if fileio.isdir(ckpt_dir) and fileio.listdir(ckpt_dir):
         raise CheckpointError(f"model dir {model_dir} has checkpoints but no {IDENTITY_FILE}, so "
                               "it cannot be shown to hold this run; choose a new MODEL_DIR.")
-    if not write:
-        return
-    fileio.makedirs(model_dir, exist_ok=True)
-    fileio.write_json(path, identity, sort_keys=True)
+    if write:
+        fileio.makedirs(model_dir, exist_ok=True)
+        fileio.write_json(path, identity, sort_keys=True)
+    return {}
+
+
+# What CONTINUE_WITH_CHANGES may change in a model dir's run identity.
+CHANGEABLE = ("optimizer",)
 
 
 class Checkpointer:

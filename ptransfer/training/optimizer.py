@@ -170,3 +170,26 @@ def with_adam_moments(opt_state, mu, nu):
         return x._replace(mu=jnp.asarray(mu, x.mu.dtype), nu=jnp.asarray(nu, x.nu.dtype))
 
     return jax.tree_util.tree_map(swap, opt_state, is_leaf=_is_adam)
+
+
+# ---- continuing with changed settings (CONTINUE_WITH_CHANGES) -----------------------
+
+def continued_state(restored, fresh):
+    """The optimizer state a run continues with after its settings changed.
+
+    `restored`: the checkpoint's state under the old settings; `fresh`: a new
+    state under the new ones. Same structure (e.g. only the learning rate
+    changed): the restored moments with the new injected hyperparameters (the
+    learning rate is state under `inject_hyperparams`, so it must be replaced).
+    Otherwise (another optimizer, clipping or warmup switched): `fresh`.
+    """
+    import jax
+
+    def is_inject(x):  # optax's (Stateful)InjectHyperparamsState
+        return hasattr(x, "hyperparams") and hasattr(x, "_replace")
+
+    if jax.tree_util.tree_structure(restored) != jax.tree_util.tree_structure(fresh):
+        return fresh
+    return jax.tree_util.tree_map(
+        lambda r, f: r._replace(hyperparams=f.hyperparams) if is_inject(r) else r,
+        restored, fresh, is_leaf=is_inject)

@@ -87,10 +87,12 @@ from ptransfer.training.optimizer import (
     OptimizerConfig,
     adam_moments,
     compile_key,
+    continued_state,
     learning_rate_schedule,
     make_optimizer,
     with_adam_moments,
 )
+from tasks import validation
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,14 @@ class TrainConfig:
     compute_dtype:     the backbone's activation / matmul dtype, e.g. 'bfloat16'
                        (None: the backbone config's own, float32); part of the
                        run's identity, since it changes the numbers
+    continue_with_changes: when MODEL_DIR holds this run with other optimizer
+                       settings, continue it from its latest checkpoint with these
+                       (CONTINUE_WITH_CHANGES; e.g. a lower learning rate after a
+                       NaN). The prompt, step, RNG and best so far are restored; the
+                       optimizer moments too where the state keeps its structure
+                       (`optimizer.continued_state`). run_identity.json records the
+                       new settings and, under 'continuations', the old ones and the
+                       step. Anything else that differs is still refused.
     remat:             per-layer rematerialization of the backbone in the backward
                        pass: 'none', 'full' (keep only layer inputs) or 'dots' (keep
                        weight-matmul outputs); None: the backbone's own ('none').
@@ -185,6 +195,7 @@ class TrainConfig:
     run_name: str | None = None
     export: str = "best"
     progress: bool = True
+    continue_with_changes: bool = False
 
     def validate(self) -> "TrainConfig":
         positive = {"PROMPT_LENGTH": self.prompt_length, "BATCH_SIZE": self.batch_size,
@@ -423,19 +434,24 @@ class Trainer:
             raise ConfigError(f"balance_classes needs a classification task; {cfg.task!r} "
                               f"({spec.type}) has no labels. Set BALANCE_CLASSES=False.")
         self._check_outputs()
+        # The data is read once here, as `ptransfer data check` reads it, so a bad file
+        # stops the run before MODEL_DIR or its checkpoint manager exists.
+        validation.check_data(spec, cfg.data_dir, splits=(cfg.train_split, cfg.eval_split))
         init_desc = prompts.describe_init(cfg.init_from)
         source_moments = None
         if cfg.effective_init_optimizer() == "source":  # checked before anything is loaded
             source_moments = prompts.source_adam_moments(cfg.init_from)[:2]
         model_dir = fileio.abspath(os.path.expanduser(cfg.model_dir))
         identity = cfg.identity(init_desc)
-        checkpointing.check_run_identity(model_dir, identity, write=False)
+        changeable = checkpointing.CHANGEABLE if cfg.continue_with_changes else ()
+        changed = checkpointing.check_run_identity(model_dir, identity, write=False,
+                                                   changeable=changeable)
         with hold_model_dir(model_dir, enabled=_primary()), contextlib.ExitStack() as cleanup:
             return self._run(t_start, spec, init_desc, model_dir, identity, cleanup,
-                             source_moments)
+                             source_moments, changeable, changed)
 
     def _run(self, t_start, spec, init_desc, model_dir, identity, cleanup,
-             source_moments) -> TrainResult:
+             source_moments, changeable=(), changed=None) -> TrainResult:
         import jax
         import jax.numpy as jnp
 
@@ -504,7 +520,11 @@ class Trainer:
                     f"model dir {model_dir} holds a run already at step {latest}, beyond "
                     f"TRAIN_STEPS={cfg.train_steps}; raise TRAIN_STEPS or use a new MODEL_DIR.")
             zeros = jnp.zeros((cfg.prompt_length, backbone.d_model), jnp.float32)
-            opt_leaves, opt_def = jax.tree_util.tree_flatten(jax.eval_shape(optimizer.init, zeros))
+            # The checkpoint holds the state of the settings it was written with.
+            saved_optimizer = (make_optimizer(OptimizerConfig(**changed["optimizer"]))
+                               if changed and "optimizer" in changed else optimizer)
+            opt_leaves, opt_def = jax.tree_util.tree_flatten(
+                jax.eval_shape(saved_optimizer.init, zeros))
             abstract = {"prompt": zeros, "best_prompt": zeros, "opt_state": opt_leaves,
                         "best_opt_state": opt_leaves,
                         "rng": jax.random.key_data(jax.random.PRNGKey(0))}
@@ -518,12 +538,21 @@ class Trainer:
             best_opt_state = (jax.tree_util.tree_unflatten(opt_def, state["best_opt_state"])
                               if meta.get("best_opt_state_known") else None)
             step, best_score, best_step = int(meta["step"]), meta.get("best_score"), meta.get("best_step")
+            if saved_optimizer is not optimizer:  # CONTINUE_WITH_CHANGES
+                fresh = jax.device_put(optimizer.init(prompt), rep)
+                opt_state = continued_state(opt_state, fresh)
+                best_opt_state = (_copy_tree(continued_state(best_opt_state, fresh))
+                                  if best_opt_state is not None and opt_state is not fresh
+                                  else None)
+                log.info("continuing %s at step %d with changed settings: %s", model_dir, step,
+                         ", ".join(changed))
             log.info("resumed %s from step %d (best %s=%s at step %s)", model_dir, step, metric,
                      best_score, best_step)
 
         writer_on = _primary()
         if writer_on:  # everything checked: this model dir now holds this run
-            checkpointing.check_run_identity(model_dir, identity, write=True)
+            checkpointing.check_run_identity(model_dir, identity, write=True,
+                                             changeable=changeable, continued_at=step)
             if self._on_start is not None:
                 self._on_start(model_dir)
         curve = metric_writers.JsonlCurve(fileio.join(model_dir, "metrics.jsonl"),
@@ -590,12 +619,13 @@ class Trainer:
                 step += 1
                 loss_value = float(loss)
                 if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(_nonfinite_message(f"training loss became {loss_value}",
-                                                                step, ckpt))
+                    raise NonFiniteLossError(_nonfinite_message(
+                        f"training loss became {loss_value}", step, ckpt,
+                        cfg.optimizer.learning_rate))
                 if not _all_finite((prompt, opt_state)):  # the update itself can overflow
                     raise NonFiniteLossError(_nonfinite_message(
                         "the prompt or optimizer state became NaN or inf after the update", step,
-                        ckpt))
+                        ckpt, cfg.optimizer.learning_rate))
                 progress.update(step, loss_value)
                 if writer_on and cfg.log_every and step % cfg.log_every == 0:
                     # T5X's names; the timing window leaves evaluation time out
@@ -727,15 +757,18 @@ def hold_model_dir(model_dir: str, *, enabled: bool = True):
         os.close(fd)  # releases the lock
 
 
-def _nonfinite_message(what: str, step: int, ckpt) -> str:
+def _nonfinite_message(what: str, step: int, ckpt, learning_rate: float) -> str:
     good = ckpt.latest_step()
     where = (f"The last good checkpoint is step {good} in {ckpt.directory}."
              if good is not None else "No checkpoint was saved before it.")
+    start = f"step {good}" if good is not None else "the start"
     return (f"{what} at step {step}; stopped without saving that state. {where} Training is "
-            "deterministic, so rerunning the same command diverges again, and this model dir "
-            "keeps its optimizer settings. Start a new MODEL_DIR with a lower learning rate "
-            "(--gin.LEARNING_RATE=...) or gradient clipping (--gin.CLIP_NORM=1.0), or check the "
-            "prompt initialization (INIT_FROM).")
+            "deterministic, so rerunning the same command diverges again. To continue from "
+            f"{start} with a lower learning rate, rerun the same command with "
+            f"--gin.CONTINUE_WITH_CHANGES=True --gin.LEARNING_RATE={learning_rate / 10:.3g} "
+            "(run_identity.json records the change; --gin.CLIP_NORM=1.0 adds gradient "
+            "clipping the same way), or start a new MODEL_DIR, or check the prompt "
+            "initialization (INIT_FROM).")
 
 
 @functools.lru_cache(maxsize=None)
