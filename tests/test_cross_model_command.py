@@ -96,6 +96,25 @@ def test_command_writes_every_artifact_reruns_as_a_noop_and_refits_what_changed(
         own = d["baselines"]["own_prompt"][t]
         assert own["relative"] == (pytest.approx(1.0) if own["score"] else None)
     assert set(d["table"]) == set(NAMES) | {"no_prompt", "random_prompt", "own_prompt"}
+    # Relative performance with a paired bootstrap interval, from the stored per-example
+    # predictions: the same as a plain numpy bootstrap over the examples.
+    for k, t in enumerate(result["tasks"]):
+        own = d["baselines"]["own_prompt"][t]
+        cell = d["cells"]["v2v-lin"][t]
+        assert np.asarray(cell["predictions"]).shape == (2, 8) and cell["labels"] == own["labels"]
+        if not own["score"]:
+            continue
+        labels, num, den = (np.asarray(x) for x in (cell["labels"], cell["predictions"],
+                                                     own["predictions"]))
+        idx = np.random.default_rng(k).integers(0, 8, size=(intervals.RESAMPLES, 8))
+        ratio = (labels[idx][None] == num[:, idx]).mean(-1).mean(0) / \
+            (labels[idx][None] == den[:, idx]).mean(-1).mean(0)
+        ratio = ratio[np.isfinite(ratio)]
+        assert cell["relative_interval"] == pytest.approx(
+            list(np.quantile(ratio, [0.025, 0.975])))
+        assert own["relative_interval"] == pytest.approx([1.0, 1.0])
+    all_ci = d["table_intervals"]["v2v-lin"]["all"]
+    assert all_ci is None or all_ci[0] <= all_ci[1]
     assert set(d["table"]["v2v-lin"]) == {"trained_on", "unseen_same_type", "other_types", "all"}
     assert result["run"]["scored_cells"] == 3 * (5 + 3)
     assert len(result["run"]["fitted_mappers"]) == 5

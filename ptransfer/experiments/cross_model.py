@@ -476,6 +476,20 @@ def _score_cell(key: str, results: Sequence[Mapping[str, float]], metric: str, n
             "stack_eval_s": round(eval_s, 3)}
 
 
+def _score_stack(scorer, prompts, eval_set) -> tuple[list[dict], np.ndarray | None]:
+    """(metrics per prompt, argmax predictions [K, N] or None for generation tasks) of a
+    stack [K, L, D] (None: the no-prompt baseline, K = 1)."""
+    if not eval_set.is_classification:
+        if prompts is None:
+            return [scorer.evaluate(None, eval_set)], None
+        return scorer.evaluate_stack(prompts, eval_set), None
+    if prompts is None:
+        ll = scorer.candidate_log_likelihoods(None, eval_set)[None]
+    else:
+        ll = scorer.candidate_log_likelihoods_stack(prompts, eval_set)  # [K, N, C]
+    return [scorer.metrics_from_scores(x, eval_set) for x in ll], np.argmax(ll, axis=-1)
+
+
 def _accuracy_interval(accuracy: float | None, n: int) -> list[float] | None:
     """Wilson 95% interval (percent) of an accuracy (percent, seeds averaged) on n examples."""
     if accuracy is None or n <= 0:
@@ -730,18 +744,23 @@ def _run_direction(a, b, bank_dir, cfg, out_dir, prompts, keys, order, groups, p
                 spans[(section, name)] = (sum(len(x) for x in parts), len(block))
                 parts.append(block)
             t0 = time.perf_counter()
-            results = scorer.evaluate_stack(np.concatenate(parts), eval_set) if parts else []
+            results, preds = _score_stack(scorer, np.concatenate(parts) if parts else None,
+                                          eval_set)
             stack_s = time.perf_counter() - t0
             for (section, name), (key, _, cell_refs) in todo.items():
                 if (section, name) == ("baselines", "no_prompt"):
                     t0 = time.perf_counter()
-                    rows = [scorer.evaluate(None, eval_set)]
+                    rows, cell_preds = _score_stack(scorer, None, eval_set)
                     seconds = time.perf_counter() - t0
                 else:
                     start, k = spans[(section, name)]
                     rows, seconds = results[start:start + k], stack_s
-                direction[section].setdefault(name, {})[t] = _score_cell(
-                    key, rows, metric, eval_set.size, cell_refs, seconds)
+                    cell_preds = None if preds is None else preds[start:start + k]
+                cell = _score_cell(key, rows, metric, eval_set.size, cell_refs, seconds)
+                if cell_preds is not None:  # per example, for the relative-performance intervals
+                    cell["predictions"] = cell_preds.tolist()
+                    cell["labels"] = [int(v) for v in eval_set.labels]
+                direction[section].setdefault(name, {})[t] = cell
                 run["scored_cells"] += 1
             log.info("cross-model %s: %s scored (%d cells, %d examples, %.1fs)",
                      direction["name"], t, len(todo), eval_set.size, stack_s)
@@ -750,22 +769,50 @@ def _run_direction(a, b, bank_dir, cfg, out_dir, prompts, keys, order, groups, p
     return direction, fitted
 
 
-def _relative(direction: dict, order: Sequence[str], groups: Mapping[str, str]) -> None:
-    """Fills relative performance per cell and the group means of every mapper / baseline."""
+def _relative(direction: dict, order: Sequence[str], groups: Mapping[str, str], *,
+              seed: int = 0) -> None:
+    """Fills relative performance per cell and the group means of every mapper / baseline,
+    with 95% paired-bootstrap intervals where the cells carry per-example predictions
+    (each task's examples resampled on their own; a group's mean over its tasks)."""
     own = direction["baselines"].get("own_prompt", {})
-    rows = {}
+    rows, table_ci = {}, {}
     for section, names in (("cells", direction["cells"]), ("baselines", direction["baselines"])):
         for name, per_task in names.items():
-            rel = {}
-            for t in order:
+            rel, replicates = {}, {}
+            for k, t in enumerate(order):
                 cell = per_task.get(t)
                 if cell is None:
                     continue
                 ref = own.get(t, {}).get("score")
                 cell["relative"] = rel[t] = cell["score"] / ref if ref else None
+                reps = _ratio_replicates(cell, own.get(t), seed + k)
+                if reps is not None:
+                    replicates[t] = reps
+                    cell["relative_interval"] = intervals.percentile_interval(reps)
             rows[name] = rel
+            table_ci[name] = {}
+            for g in GROUPS + ("all",):
+                ts = [t for t in rel if rel[t] is not None and g in ("all", groups[t])]
+                if ts and all(t in replicates for t in ts):
+                    ci = intervals.percentile_interval(
+                        np.nanmean(np.stack([replicates[t] for t in ts]), axis=0))
+                    table_ci[name][g] = None if ci is None else list(ci)
+                else:
+                    table_ci[name][g] = None
     direction["relative"] = rows
     direction["table"] = {name: _group_means(rel, groups) for name, rel in rows.items()}
+    direction["table_intervals"] = table_ci
+
+
+def _ratio_replicates(cell: Mapping, own: Mapping | None, seed: int) -> np.ndarray | None:
+    """Bootstrap replicates [B] of cell score / own-prompt score on the same examples
+    (None without per-example predictions on both sides or for other metrics)."""
+    if not own or "predictions" not in cell or "predictions" not in own \
+            or cell.get("labels") != own.get("labels") \
+            or cell["metric"] not in intervals.BATCHED_METRICS:
+        return None
+    return intervals.ratio_replicates(cell["metric"], cell["labels"], cell["predictions"],
+                                      own["predictions"], seed=seed)
 
 
 def best_mapper(direction: Mapping) -> str | None:

@@ -141,20 +141,24 @@ def metric_interval(metric: str, labels, predictions, *, resamples: int = RESAMP
                               resamples=resamples, seed=seed, confidence=confidence)
 
 
-def ratio_interval(metric: str, labels, numerator, denominator, *, resamples: int = RESAMPLES,
-                   seed: int = 0, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
-    """Paired bootstrap interval of metric(numerator) / metric(denominator).
+def ratio_replicates(metric: str, labels, numerator, denominator, *,
+                     resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
+    """float [resamples]: metric(numerator) / metric(denominator) on paired bootstrap
+    resamples of the examples (NaN where the denominator is 0).
 
     numerator, denominator: predictions [n] or [R, n] of two prompts on the same
-    n examples (labels [n]). A resample whose denominator is 0 is dropped.
+    n examples (labels [n]).
     """
     labels, num = _as_runs(labels, numerator)
     _, den = _as_runs(labels, denominator)
+    idx = resample_indices(labels.size, resamples, seed)
+    d = metric_on(metric, labels, den, idx)
+    return np.where(d > 0, metric_on(metric, labels, num, idx) / np.where(d > 0, d, 1.0), np.nan)
 
-    def ratio(idx):
-        d = metric_on(metric, labels, den, idx)
-        return np.where(d > 0, metric_on(metric, labels, num, idx) / np.where(d > 0, d, 1.0),
-                        np.nan)
 
-    return bootstrap_interval(ratio, labels.size, resamples=resamples, seed=seed,
-                              confidence=confidence)
+def ratio_interval(metric: str, labels, numerator, denominator, *, resamples: int = RESAMPLES,
+                   seed: int = 0, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """Paired bootstrap interval of metric(numerator) / metric(denominator)
+    (`ratio_replicates`; a resample whose denominator is 0 is dropped)."""
+    return percentile_interval(ratio_replicates(metric, labels, numerator, denominator,
+                                                resamples=resamples, seed=seed), confidence)
