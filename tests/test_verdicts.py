@@ -203,6 +203,31 @@ def test_a_mapper_above_random_but_below_no_prompt_is_not_reproduced():
     assert v.verdict == NR
 
 
+def test_cross_model_verdict_reads_the_relative_intervals_when_present():
+    """With table_intervals (paired bootstrap of relative performance), the verdict
+    compares those, not the accuracy intervals: here the accuracies are far apart but
+    the relative intervals overlap, and the reverse."""
+    def with_rel(d, mapper_ci, random_ci, none_ci):
+        d["table_intervals"] = {"v2v-lin": {"all": mapper_ci}, "lin-comb": {"all": None},
+                                "random_prompt": {"all": random_ci}, "no_prompt": {"all": none_ci},
+                                "own_prompt": {"all": [1.0, 1.0]}}
+        return d
+
+    far_acc_close_rel = with_rel(crafted_direction("a->b", 85, 50, 55, 400),
+                                 [0.70, 1.00], [0.50, 0.75], [0.55, 0.80])
+    (v,) = verdicts.cross_model_verdicts(crafted_cross_model(far_acc_close_rel))
+    assert v.verdict == INC and "relative performance" in v.sentence
+    assert v.numbers["v2v-lin"]["relative_ci"] == [0.70, 1.00]
+    close_acc_far_rel = with_rel(crafted_direction("c->a", 62, 58, 55, 40),
+                                 [0.85, 0.95], [0.55, 0.65], [0.60, 0.70])
+    (v,) = verdicts.cross_model_verdicts(crafted_cross_model(close_acc_far_rel))
+    assert v.verdict == R
+    below = with_rel(crafted_direction("c->a", 62, 58, 55, 40),
+                     [0.40, 0.50], [0.55, 0.65], [0.60, 0.70])
+    (v,) = verdicts.cross_model_verdicts(crafted_cross_model(below))
+    assert v.verdict == NR
+
+
 # ---- (d) indicators ----------------------------------------------------------------
 
 def crafted_indicators(values: dict, cis: bool = True, backbone: str = "toy") -> dict:

@@ -111,11 +111,13 @@ def _cross_model(cm: dict, found: list[verdicts.Verdict], out_dir: str) -> list[
                         title="Zero-shot accuracy of mapped prompts, 95% intervals")
     for v in found:
         if v.finding == "cross_model":
-            rows = [[k, with_ci(v.numbers[k], 1), fmt(v.numbers[k]["relative"], 2),
+            rows = [[k, with_ci(v.numbers[k], 1),
+                     with_ci({"mean": v.numbers[k]["relative"],
+                              "ci": v.numbers[k].get("relative_ci")}, 2),
                      v.numbers[k]["tasks"]] for k in names if k in v.numbers]
             md += [f"### {v.scope}", "",
-                   table(["mapper / baseline", "accuracy [95%]", "relative (all tasks)", "tasks"],
-                         rows), "", f"**{v.verdict}.** {v.sentence}", ""]
+                   table(["mapper / baseline", "accuracy [95%]", "relative, all tasks [95%]",
+                          "tasks"], rows), "", f"**{v.verdict}.** {v.sentence}", ""]
         else:
             md += [f"TPT_MODEL ({v.scope}, from {v.numbers.get('mapper')}):", "",
                    table(["pair"] + SPEEDUP_HEADER, _speedup_rows(v.numbers["pairs"])), "",

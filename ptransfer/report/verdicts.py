@@ -290,14 +290,15 @@ def cross_model_verdicts(cross_model: dict) -> list[Verdict]:
     """(c) Per direction: mapped prompts transfer zero-shot better than the baselines;
     and, when run, TPT_MODEL from the best mapper.
 
-    Zero-shot: each mapper's mean accuracy over the tasks scored for it and both
-    baselines, with `mean_accuracy`'s interval; the best mapper (highest mean relative
-    performance, table[m]["all"]) is reproduced when its interval lies above both the
-    random-prompt's and the no-prompt's, not reproduced when it lies below either,
-    inconclusive otherwise. TPT_MODEL (direction["tpt"]): the pairs by `pair_speedup`,
+    Zero-shot: the best mapper (highest mean relative performance, table[m]["all"]) is
+    reproduced when its interval lies above both the random-prompt's and the
+    no-prompt's, not reproduced when it lies below either, inconclusive otherwise. The
+    intervals are those of the mean relative performance over the tasks
+    (table_intervals[m]["all"], paired bootstrap) when every one of the three has one,
+    else those of the mean accuracy (`mean_accuracy`). TPT_MODEL (direction["tpt"]): the pairs by `pair_speedup`,
     the verdict as `tpt_task_verdict`'s.
 
-    Reads: directions[] {name, cells, baselines, table, tpt_mapper, tpt}.
+    Reads: directions[] {name, cells, baselines, table, table_intervals, tpt_mapper, tpt}.
     """
     out = []
     for d in cross_model.get("directions", []):
@@ -310,7 +311,8 @@ def cross_model_verdicts(cross_model: dict) -> list[Verdict]:
             tasks = [t for t in common if t in cells]
             m, ci = mean_accuracy(cells, tasks)
             numbers[name] = _num(m, ci, tasks=len(tasks),
-                                 relative=d.get("table", {}).get(name, {}).get("all"))
+                                 relative=d.get("table", {}).get(name, {}).get("all"),
+                                 relative_ci=d.get("table_intervals", {}).get(name, {}).get("all"))
         scored = {m: numbers[m]["relative"] for m in d.get("cells", {})
                   if numbers[m]["relative"] is not None}
         best = max(scored, key=scored.get) if scored else None
@@ -319,15 +321,26 @@ def cross_model_verdicts(cross_model: dict) -> list[Verdict]:
             out.append(Verdict("cross_model", d["name"], INCONCLUSIVE,
                                f"{d['name']}: no mapper was scored.", numbers))
         else:
-            sides = [apart(numbers[best]["ci"], numbers[b]["ci"])
-                     for b in ("random_prompt", "no_prompt")]
+            b = numbers[best]
+            baselines = ("random_prompt", "no_prompt")
+            if b.get("relative_ci") and all(numbers[k].get("relative_ci") for k in baselines):
+                # relative performance (the run's metric over the target's own prompt) with
+                # paired-bootstrap intervals, when the cells carry per-example predictions
+                sides = [apart(b["relative_ci"], numbers[k]["relative_ci"]) for k in baselines]
+                rel = lambda n: f"{n['relative']:.2f}{_ci_text(n['relative_ci'], 2)}"  # noqa: E731
+                text = (f"{d['name']}: the best mapper, {best}, reaches relative performance "
+                        f"{rel(b)} (accuracy {b['mean']:.1f}) vs a random prompt "
+                        f"{rel(numbers['random_prompt'])} and no prompt "
+                        f"{rel(numbers['no_prompt'])}")
+            else:
+                sides = [apart(b["ci"], numbers[k]["ci"]) for k in baselines]
+                text = (f"{d['name']}: the best mapper, {best}, reaches accuracy {b['mean']:.1f}"
+                        f"{_ci_text(b['ci'], 1)} (relative {b['relative']:.2f}) vs a random "
+                        f"prompt {_fmt1(numbers['random_prompt'])} and no prompt "
+                        f"{_fmt1(numbers['no_prompt'])}")
             v = (REPRODUCED if sides == ["above", "above"] else
                  NOT_REPRODUCED if "below" in sides else INCONCLUSIVE)
-            b = numbers[best]
-            text = (f"{d['name']}: the best mapper, {best}, reaches accuracy {b['mean']:.1f}"
-                    f"{_ci_text(b['ci'], 1)} (relative {b['relative']:.2f}) vs a random prompt "
-                    f"{_fmt1(numbers['random_prompt'])} and no prompt "
-                    f"{_fmt1(numbers['no_prompt'])}: {v}.")
+            text += f": {v}."
             out.append(Verdict("cross_model", d["name"], v, text, numbers))
         if d.get("tpt"):
             pairs = [pair_speedup(p) for p in d["tpt"].values()]
