@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from ptransfer.core.errors import ConfigError, DataError
 from ptransfer.core.vocab import check_single_token_label_words
-from tasks import corpora, release_files, validation
+from tasks import corpora, external, release_files, validation
 from tasks.metrics import seqio_metric_fns
 from tasks.sources import asset_cache_dir, resolve_data_dir
 from tasks.specs import MASK_SLOT, TaskSpec, get_spec, tasks_of_type
@@ -190,7 +190,9 @@ def make_source(spec: TaskSpec, data_dir: str, cache: str) -> seqio.DataSource:
     kind = spec.source.kind
     if kind == "tfds":
         return CheckedTfdsDataSource(spec, data_dir)
-    if kind == "files":
+    if kind == "seqio":
+        fn = functools.partial(external.text_examples, spec=spec)
+    elif kind == "files":
         fn = functools.partial(_release_files_fn, spec=spec, data_dir=data_dir)
     else:
         fn = functools.partial(_corpus_fn, spec=spec, cache=cache)

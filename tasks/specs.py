@@ -301,9 +301,16 @@ def get_spec(name) -> TaskSpec:
     """The spec of `name` (a TaskSpec passes through); ConfigError with close matches."""
     if isinstance(name, TaskSpec):
         return name
-    if name not in SPECS:
-        raise ConfigError(f"unknown task {name!r}." + close_matches_hint(str(name), SPECS))
-    return SPECS[name]
+    if name in SPECS:
+        return SPECS[name]
+    from tasks import external  # imports seqio: only for names that are no built-in task
+
+    spec = external.spec_for(str(name))
+    if spec is None:
+        raise ConfigError(f"unknown task {name!r}." + close_matches_hint(str(name), SPECS)
+                          + " It is no registered seqio Task or Mixture either (register yours in a "
+                          "module named by --gin.import=MODULE or a gin `import MODULE` line).")
+    return spec
 
 
 def tasks_of_type(task_type: str, *, paper_only: bool = True) -> tuple[str, ...]:

@@ -30,6 +30,12 @@ def read_splits(spec: TaskSpec, data_dir: str | None = None, cache_dir: str | No
         if not src.prepared_dir(data_dir):
             raise DataError(f"task {spec.name!r}: " + src.instructions(data_dir))
         return {}
+    if src.kind == "seqio":  # a user's seqio task reads its own data, checked as it is read
+        missing = [s for s in (splits or ()) if s not in spec.splits]
+        if missing:
+            raise DataError(f"seqio task {spec.name!r} has no split(s) {missing}; it has "
+                            f"{list(spec.splits)}.")
+        return {}
     if src.kind == "files":
         return {s: release_files.read_split(spec, data_dir, s) for s in dict.fromkeys(wanted)}
     cache = asset_cache_dir(cache_dir)

@@ -51,6 +51,7 @@ CONFIGURABLE_MODULES = (
     "ptransfer.prompts",
     "ptransfer.projector.training",
     "ptransfer.experiments.demo",
+    "tasks.external",
 )
 
 
@@ -153,6 +154,10 @@ def _as_binding(raw: str) -> str:
     `mr`) is taken as a string."""
     name, sep, value = raw.partition("=")
     name, value = name.strip(), value.strip()
+    if name == "import":  # --gin.import=MODULE: gin's `import MODULE` (e.g. seqio task registrations)
+        if not value:
+            raise ConfigError("--gin.import needs a module, e.g. --gin.import=my_project.tasks.")
+        return f"import {value.strip(chr(39) + chr(34))}"
     if not sep or not name:
         raise ConfigError(f"gin binding {raw!r} has no value; write --gin.NAME=VALUE, "
                           "e.g. --gin.TASK=mr or --gin.BATCH_SIZE=8.")
@@ -266,6 +271,9 @@ def parse_gin(gin_files: Iterable[str], bindings: Iterable[str], *,
                               f"would do nothing." + close_matches_hint(name, known_macros))
         try:
             gin.parse_config(b)
+        except ImportError as e:
+            raise ConfigError(f"--gin.{b.replace(' ', '=', 1)}: cannot import module {e.name!r} "
+                              f"({e}); put it on PYTHONPATH or install it.") from None
         except (ValueError, SyntaxError, KeyError, TypeError) as e:
             raise _gin_error(e, f"binding {b!r}") from None
 
