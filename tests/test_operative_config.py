@@ -37,9 +37,16 @@ def test_tensorboard_gets_learning_rate_and_throughput_every_log_every_steps(run
     model_dir, _ = run
     (events,) = (model_dir / "tb" / "train").glob("events.out.tfevents.*")
     got = {}
+    texts = {}
     for e in tf.compat.v1.train.summary_iterator(str(events)):
         for v in e.summary.value:
-            got.setdefault(v.tag, {})[e.step] = v.simple_value
+            if v.metadata.plugin_data.plugin_name == "text":
+                texts[e.step] = tf.make_ndarray(v.tensor).item().decode()
+            else:
+                got.setdefault(v.tag, {})[e.step] = v.simple_value
+    # the operative config as TensorBoard text, at the start and complete at the end
+    assert set(texts) == {0, 4} and "    TRAIN_STEPS = 4" in texts[4].splitlines()
+    assert "LEARNING_RATE = 0.125" in texts[4]
     assert set(got) == {"loss", "learning_rate", "timing/steps_per_second",
                         "timing/examples_per_second"}
     assert all(set(steps) == {2, 4} for steps in got.values())  # LOG_EVERY = 2

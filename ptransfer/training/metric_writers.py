@@ -1,10 +1,11 @@
-"""Where a run's numbers go: metrics.jsonl (the eval curve), TensorBoard, a progress bar.
+"""Where a run's numbers go: metrics.jsonl (the eval curve), TensorBoard, progress lines.
 
 `metrics.jsonl` in the model dir holds one JSON object per evaluation
 (`{"step": 10, "accuracy": 0.8, ...}`); on resume the lines after the
 restored step are dropped, so the file always matches the checkpoint and the
 bank entry gets the whole, unduplicated curve. TensorBoard events go to
-`<model_dir>/tb/{train,eval}` (tensorboardX), purged past the restored step.
+`<model_dir>/tb/{train,eval}` (tensorboardX), purged past the restored step;
+the run's gin config is also a text summary (`config.gin` in the Text tab).
 The model dir may be remote (gs://...): files go through `ptransfer.core.fileio`
 (appending to a GCS object re-uploads it, which is fine for a short curve).
 """
@@ -74,6 +75,13 @@ class TensorBoard:
         for name, value in values.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 w.add_scalar(name, value, step)
+
+    def text(self, kind: str, step: int, tag: str, text: str) -> None:
+        """`text` under `tag` (TensorBoard's Text tab renders markdown, so it is
+        indented into a code block, as T5X shows its config)."""
+        w = self._writers.get(kind)
+        if w is not None:
+            w.add_text(tag, "\n".join("    " + line for line in text.splitlines()), step)
 
     def close(self) -> None:
         for w in self._writers.values():

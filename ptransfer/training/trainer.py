@@ -559,6 +559,8 @@ class Trainer:
                                           resume_step=step) if writer_on else None
         tb = metric_writers.TensorBoard(fileio.join(model_dir, "tb"), resume_step=step) \
             if writer_on else None
+        if tb is not None:  # as T5X: the config beside the curves (complete again at the end)
+            tb.text("train", step, "config.gin", gin.operative_config_str())
         progress = metric_writers.Progress(cfg.train_steps, step, cfg.batch_size,
                                            desc=f"train {cfg.task}",
                                            enabled=cfg.progress and writer_on)
@@ -647,6 +649,7 @@ class Trainer:
         finally:
             progress.close()
             if tb is not None:
+                tb.text("train", step, "config.gin", gin.operative_config_str())
                 tb.close()
             # Closed here, not left to garbage collection: a tf.data stream finalized
             # when this frame is torn down blocked for ~50 s per run (measured).
