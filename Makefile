@@ -9,10 +9,11 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install test demo demo-full assets fixtures bench clean
 
-$(STAMP): pyproject.toml
+# constraints.txt holds the tested exact pins; pyproject.toml the compatible ranges.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -36,7 +37,7 @@ demo-full: assets
 # Regenerates the committed reference fixtures with torch + transformers
 # (the local CPU build of torch; never a range that pulls CUDA wheels).
 fixtures: $(STAMP)
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,bench]'
 	$(PY) tests/fixtures/make_fixtures.py
 
 clean:

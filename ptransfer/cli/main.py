@@ -17,6 +17,9 @@ import sys
 
 from ptransfer.core.errors import PtransferError
 
+# Commands whose work reads data through TensorFlow: it is imported first, quietly.
+TENSORFLOW_COMMANDS = ("train", "eval", "transfer", "project", "indicators", "demo")
+
 # Modules that register subcommands, in the order `--help` lists them.
 COMMAND_MODULES = (
     "ptransfer.cli.assets",
@@ -97,6 +100,10 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    if args.command in TENSORFLOW_COMMANDS:
+        from ptransfer.cli import quiet
+
+        quiet.import_tensorflow_quietly()
     try:
         result = args.func(args)
     except PtransferError as e:

@@ -114,22 +114,30 @@ def _register_gfile_events(logdir: str) -> None:
 
 
 class Progress:
-    """tqdm bar: step/total, loss, examples/s and ETA (plain log lines when not a TTY)."""
+    """Training progress on stderr: a tqdm bar (step/total, loss, examples/s, ETA) on a
+    terminal; elsewhere (a log file, CI, a pipe) plain lines, one every
+    `PLAIN_EVERY_S` seconds and one at the end, never redrawn with carriage returns."""
+
+    PLAIN_EVERY_S = 10.0
 
     def __init__(self, total: int, initial: int, batch_size: int, desc: str, enabled: bool = True):
         self.batch_size = batch_size
+        self.total, self.desc = total, desc
         self._last_t = time.perf_counter()
         self._last_step = initial
         self._bar = None
-        if enabled:
+        self._plain = enabled and not sys.stderr.isatty()
+        self._printed_t = self._t0 = self._last_t
+        self._start_step = initial
+        self._post: dict = {}
+        if enabled and not self._plain:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step",
-                             dynamic_ncols=True, file=sys.stderr,
-                             mininterval=0.5 if sys.stderr.isatty() else 10.0)
+                             dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
 
     def update(self, step: int, loss: float | None = None, **extra) -> None:
-        if self._bar is None:
+        if self._bar is None and not self._plain:
             return
         now = time.perf_counter()
         post = {}
@@ -138,13 +146,28 @@ class Progress:
         if now > self._last_t and step > self._last_step:
             post["ex/s"] = f"{(step - self._last_step) * self.batch_size / (now - self._last_t):.1f}"
         post.update({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in extra.items()})
-        self._bar.set_postfix(post, refresh=False)
-        self._bar.update(step - self._bar.n)
         self._last_t, self._last_step = now, step
+        if self._bar is not None:
+            self._bar.set_postfix(post, refresh=False)
+            self._bar.update(step - self._bar.n)
+            return
+        self._post = post
+        if now - self._printed_t >= self.PLAIN_EVERY_S or step >= self.total:
+            self._print_line(step, now)
+
+    def _print_line(self, step: int, now: float) -> None:
+        rate = (step - self._start_step) / max(now - self._t0, 1e-9)
+        eta = f" eta {(self.total - step) / rate:.0f}s" if rate > 0 and step < self.total else ""
+        post = "".join(f" {k}={v}" for k, v in self._post.items())
+        print(f"{self.desc}: step {step}/{self.total}{post} ({rate:.2f} step/s){eta}",
+              file=sys.stderr, flush=True)
+        self._printed_t = now
 
     def write(self, msg: str) -> None:
         if self._bar is not None:
             self._bar.write(msg, file=sys.stderr)
+        elif self._plain:
+            print(msg, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
