@@ -130,6 +130,9 @@ def compute_indicators(backbone, bank_dir: str, cross_task: dict, *, stimulus: s
         "points": {name: [[float(m[i, j]), float(rel[i, j])] for i in range(len(tasks_))
                           for j in range(len(tasks_)) if off[i, j] and np.isfinite(rel[i, j])]
                    for name, m in matrices.items()},
+        # the (source, target) of each point, in the same order
+        "point_pairs": [[tasks_[i], tasks_[j]] for i in range(len(tasks_)) for j in range(len(tasks_))
+                        if off[i, j] and np.isfinite(rel[i, j])],
         "spearman": {
             "overall": {k: t.overall.to_json()["rho"] for k, t in tables.items()},
             "pvalues": {k: t.overall.to_json()["pvalue"] for k, t in tables.items()},
