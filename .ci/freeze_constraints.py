@@ -32,6 +32,10 @@ def closure(root, extras):
 
 deps = closure("ptransfer", ["test"])
 deps.pop("ptransfer")
+# Packaging tools are the venv's, not the project's: pinning the setuptools a venv starts
+# with would block extras that need a newer one (torch in the bench extra).
+for tool in ("pip", "setuptools", "wheel"):
+    deps.pop(tool, None)
 print("# The tested pins of ptransfer[test]'s dependency closure (Python 3.11, CPU), used by")
 print("# `make install` as pip's -c constraints; pyproject.toml declares the compatible ranges.")
 print("# Regenerate from a working .venv: .venv/bin/python .ci/freeze_constraints.py > constraints.txt")
