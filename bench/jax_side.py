@@ -39,9 +39,8 @@ jax.monitoring.register_event_duration_secs_listener(_on_event)
 
 def load(spec: str, fallback: str | None = None):
     """(backbone, the spec actually loaded, seconds)."""
-    from ptransfer.backbones import load_backbone
+    from ptransfer.backbones import load_backbone, resolve_backbone_spec
     from ptransfer.core.errors import CheckpointError
-    from ptransfer.backbones import resolve_backbone_spec
 
     t0 = time.perf_counter()
     try:

@@ -41,13 +41,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="model dir (default: a temp dir, deleted)")
     args = ap.parse_args(argv)
 
+    import tasks
     from ptransfer import scoring
-    from ptransfer.backbones import load_backbone
+    from ptransfer.backbones import load_backbone, resolve_backbone_spec
     from ptransfer.cli import gin_setup
     from ptransfer.data import default_truncation, load_task
-    from ptransfer.backbones import resolve_backbone_spec
     from ptransfer.training.trainer import Trainer, build_train_config
-    import tasks
 
     model_dir = args.out or tempfile.mkdtemp(prefix="pt_smollm2_")
     bindings = [f"TASK={args.task}", f"MODEL_DIR={model_dir}", f"TRAIN_STEPS={args.steps}",

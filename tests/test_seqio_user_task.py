@@ -10,11 +10,10 @@ import json
 import os
 
 import pytest
+from _trainer_common import TINY_ROWS
 
 from ptransfer.cli import main as cli
 from ptransfer.core.errors import ConfigError
-
-from _trainer_common import TINY_ROWS
 
 USER_TASKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "user_tasks")
 
@@ -62,8 +61,8 @@ def test_a_user_registered_seqio_task_trains_evaluates_and_transfers(user_task, 
 
 def test_label_words_and_metrics_given_in_gin_override_the_task_metadata(user_task):
     import gin
-
     import my_seqio_tasks  # noqa: F401  (registers the task)
+
     import tasks
 
     gin.parse_config("tasks.seqio_task_metadata.overrides = "
