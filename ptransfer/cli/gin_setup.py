@@ -217,16 +217,25 @@ def _is_required_placeholder(value) -> bool:
     return isinstance(value, gc.ConfigurableReference) and value.config_key == ("gin.REQUIRED", "gin.constant")
 
 
+def _registered_names() -> set[str]:
+    """Names of gin's registered configurables, for a close-match hint only: gin has no
+    public listing, so its registry is read when present and the hint is left out when
+    a gin release changes it."""
+    from gin import config as gc
+
+    try:
+        return {sel.split(".")[-1] for sel, _ in getattr(gc, "_REGISTRY").items()}
+    except Exception:  # noqa: BLE001 (any change of gin's internals: no hint, same error)
+        return set()
+
+
 def _gin_error(e: Exception, where: str) -> ConfigError:
     msg = str(e).strip().replace("\n", " ")
     msg = re.sub(r"\s+", " ", msg)
     hint = ""
     m = re.search(r"No configurable matching '([^']+)'", msg)
     if m:
-        from gin import config as gc
-
-        known = {sel.split(".")[-1] for sel, _ in gc._REGISTRY.items()}  # no public listing
-        hint = close_matches_hint(m.group(1).split(".")[-1], known)
+        hint = close_matches_hint(m.group(1).split(".")[-1], _registered_names())
     return ConfigError(f"gin {where}: {msg}.{hint}")
 
 
