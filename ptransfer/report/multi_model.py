@@ -137,10 +137,18 @@ def _indicators(model: str, ind: dict, v: verdicts.Verdict, out_dir: str) -> lis
                  f"paper ({' / '.join(paper.MODELS)}, ×100)"], rows), "",
           f"ON's activated neuron: {ind.get('on_rule', 'pre-activation > 0')} rule.", "",
           f"![{model} indicator scatter]({png})", ""]
-    if ind.get("spearman", {}).get("windows"):
+    retrieval = {k: r for k, r in ind.get("retrieval", {}).items() if r.get("targets")}
+    if retrieval:
+        md += ["Top-1 source retrieval (the indicator's highest-ranked source is the best "
+               "measured one): " + ", ".join(f"{k} {r['hits']}/{r['targets']}"
+                                              for k, r in retrieval.items()) + ".", ""]
+    windows = ind.get("spearman", {}).get("windows")
+    if windows:
         win = f"{_slug(model)}_on_by_window.png"
         plots.on_by_window(ind, os.path.join(out_dir, win))
-        md += [f"![{model} ON by layer window]({win})", ""]
+        md += ["ON by window of consecutive layers (Spearman, pooled):", "",
+               table(["layers", "Spearman"], [[k, fmt(w, 2)] for k, w in windows.items()]), "",
+               f"![{model} ON by layer window]({win})", ""]
     return md + [f"**{v.verdict}.** {v.sentence}", ""]
 
 
