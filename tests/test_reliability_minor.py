@@ -38,3 +38,59 @@ def test_bank_entry_directories_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o755
+
+
+def _import(tmp_path, prompt, *extra):
+    np.save(tmp_path / "p.npy", prompt)
+    return cli.main(["bank", "import", str(tmp_path / "p.npy"), "--format", "npy", "--bank",
+                     str(tmp_path / "bank"), "--run", "r", *extra])
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("ptransfer: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    return lines[0]
+
+
+def test_bank_import_refuses_a_wrong_width_and_unknown_tasks(tmp_path, capsys):
+    six = np.ones((4, 6), np.float32)
+    assert _import(tmp_path, six, "--backbone", "t5_tiny", "--task", "mr") == 2
+    assert "is 4 x 6, but backbone 't5_tiny' has d_model 32 (its preset)" in _one_error(capsys)
+    assert _import(tmp_path, six, "--backbone", "t5_tiny", "--task", "mrr") == 2
+    assert "unknown task 'mrr'. Did you mean 'mr'" in _one_error(capsys)
+    assert _import(tmp_path, six, "--backbone", "mystery", "--task", "mr") == 2
+    assert "cannot check the prompt's width" in _one_error(capsys)
+    assert not (tmp_path / "bank").exists(), "a refused import must write nothing"
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "hidden_size": 6}')
+    assert _import(tmp_path, six, "--backbone", "mystery", "--task", "mr",
+                   "--backbone-spec", f"hf:{hf}") == 0
+    meta = bank.read_entry(str(tmp_path / "bank" / "mystery" / "mr" / "r"))[1]
+    assert meta["backbone_spec"] == f"hf:{hf}" and meta["d_model"] == 6
+    # Now the bank knows the backbone's width.
+    assert _import(tmp_path, np.ones((4, 8), np.float32), "--backbone", "mystery", "--task",
+                   "sst2") == 2
+    assert "has d_model 6 (its entries in " in _one_error(capsys)
+    assert _import(tmp_path, six, "--backbone", "mystery", "--task", "sst2") == 0
+    assert sorted(e.ref for e in bank.list_entries(str(tmp_path / "bank"))) == [
+        "mystery/mr/r", "mystery/sst2/r"]
+
+
+def test_backbone_width_is_read_without_the_weights(tmp_path):
+    from test_gguf import write_tiny_gguf
+
+    from ptransfer.backbones import d_model_of_spec
+    from ptransfer.checkpoints.gguf import GGUFCheckpoint
+
+    assert d_model_of_spec("preset:llama_tiny") == 64 and d_model_of_spec("preset:t5_tiny") == 32
+    assert d_model_of_spec("t5x:t5_1_1_xxl:/nowhere") == 4096
+    path = write_tiny_gguf(str(tmp_path / "tiny.gguf"))
+    width = GGUFCheckpoint(path).field("llama.embedding_length")
+    assert d_model_of_spec(f"gguf:{path}") == width
+    (tmp_path / "t5").mkdir()  # T5 calls the width d_model, the other families hidden_size
+    (tmp_path / "t5" / "config.json").write_text(
+        '{"architectures": ["T5ForConditionalGeneration"], "d_model": 48}')
+    assert d_model_of_spec(f"hf:{tmp_path / 't5'}") == 48

@@ -18,7 +18,7 @@ import json
 import os
 
 from ptransfer.backbones.layers import cast_matmul_params, check_remat, is_low_precision
-from ptransfer.checkpoints.gguf import architecture_of
+from ptransfer.checkpoints.gguf import GGUFCheckpoint, architecture_of
 from ptransfer.core import assets
 from ptransfer.core.errors import CheckpointError, ConfigError, close_matches_hint
 
@@ -148,6 +148,32 @@ def family_of_spec(spec) -> str | None:
             if arch in _family(fam).HF_ARCHITECTURES:
                 return fam
     return None
+
+
+def d_model_of_spec(spec: str) -> int:
+    """The width (d_model) of the model a load_backbone spec names, read without its
+    weights where the spec says it (preset shapes, t5x's preset, GGUF metadata, HF
+    config.json); otherwise the model is loaded. CheckpointError/ConfigError as
+    load_backbone."""
+    spec = check_backbone_spec(spec)
+    kind, _, rest = spec.partition(":")
+    preset = rest.partition(":")[0] if kind == "t5x" else rest if kind == "preset" else None
+    if preset is not None:
+        presets = all_presets()
+        if preset not in presets:
+            raise ConfigError(f"unknown preset {preset!r}." + close_matches_hint(preset, presets))
+        return int(_family(presets[preset]).PRESETS[preset].d_model)
+    width = None
+    if kind == "gguf":
+        ckpt = GGUFCheckpoint(rest)
+        width = ckpt.field(f"{ckpt.architecture}.embedding_length")
+    elif kind == "hf":
+        with open(os.path.join(rest, "config.json")) as f:  # check_backbone_spec read it
+            cfg = json.load(f)
+        width = cfg.get("d_model", cfg.get("hidden_size"))  # T5's name, the others'
+    if isinstance(width, int) and width > 0:
+        return width
+    return load_backbone(spec).d_model
 
 
 def load_backbone(spec: str, *, dtype=None, mesh=None, seed: int = 0,

@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 
-from ptransfer.core.errors import ConfigError
+from ptransfer.core.errors import ConfigError, PtransferError
 
 DEFAULT_BANK = os.environ.get("PTRANSFER_BANK", "bank")
 
@@ -50,8 +50,13 @@ def add_bank_commands(subparsers) -> None:
     p = with_bank(sub.add_parser("import", help="add a PEFT adapter or .npy prompt to the bank"))
     p.add_argument("source", help="PEFT adapter directory or .npy file")
     p.add_argument("--format", choices=("peft", "npy"), default="peft")
-    p.add_argument("--backbone", required=True, help="backbone name the prompt belongs to")
-    p.add_argument("--task", required=True)
+    p.add_argument("--backbone", required=True,
+                   help="bank name of the backbone the prompt belongs to (a preset name, or a "
+                        "name the bank already holds; else give --backbone-spec too)")
+    p.add_argument("--backbone-spec", help="load_backbone spec of that backbone (preset:, hf:, "
+                   "t5x:, gguf:); its d_model is checked against the prompt's width and the "
+                   "spec is recorded for `bank export`")
+    p.add_argument("--task", required=True, help="a registered task name")
     p.add_argument("--run", required=True, help="run name of the new entry")
     p.add_argument("--metric", help="metric of --best-score, if known")
     p.add_argument("--best-score", type=float, help="best score, if known")
@@ -151,7 +156,12 @@ def run_import(args) -> int:
     from ptransfer.bank import peft_format
     from ptransfer.bank import store as bank
     from ptransfer.core.errors import CheckpointError
+    from tasks.specs import get_spec
 
+    if (args.metric is None) != (args.best_score is None):
+        raise ConfigError("give --metric and --best-score together (or neither).")
+    get_spec(args.task)  # an unknown task: ConfigError with close matches
+    bank.check_name("backbone", args.backbone)
     source = os.path.abspath(args.source)
     provenance = {"imported_from": source, "format": args.format}
     if args.format == "peft":
@@ -162,20 +172,50 @@ def run_import(args) -> int:
             prompt = np.load(source, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise CheckpointError(f"cannot read {source} as a plain .npy array: {e}") from None
-    if (args.metric is None) != (args.best_score is None):
-        raise ConfigError("give --metric and --best-score together (or neither).")
+    widths, where = _expected_widths(args)
+    shape = tuple(np.shape(prompt))
+    if len(shape) == 2 and shape[1] not in widths:
+        width = " or ".join(str(w) for w in sorted(widths))
+        raise ConfigError(f"prompt {source} is {shape[0]} x {shape[1]}, but backbone "
+                          f"{args.backbone!r} has d_model {width} ({where}); nothing "
+                          "written. Give the backbone the prompt was trained for (--backbone, "
+                          "--backbone-spec).")
     meta = {"init": f"import:{args.format}", "steps": None, "best_score": args.best_score,
             "metric": args.metric, "seed": None, "provenance": provenance}
+    if args.backbone_spec:
+        meta["backbone_spec"] = args.backbone_spec
     path = bank.write_entry(args.bank, args.backbone, args.task, args.run, prompt, meta, [],
                             overwrite=args.overwrite)
     print(f"wrote {path}: float32 {list(np.shape(prompt))}")
     return 0
 
 
+def _expected_widths(args) -> tuple[set, str]:
+    """({d_model} the imported prompt may have, where that comes from): from
+    --backbone-spec, else the preset named --backbone, else the bank's entries of
+    that backbone; one ConfigError when none of them says."""
+    from ptransfer import backbones
+    from ptransfer.bank import store as bank
+
+    if args.backbone_spec:
+        return {backbones.d_model_of_spec(args.backbone_spec)}, f"from {args.backbone_spec}"
+    if args.backbone in backbones.all_presets():
+        return {backbones.d_model_of_spec(f"preset:{args.backbone}")}, "its preset"
+    try:
+        entries = bank.list_entries(args.bank, args.backbone)
+    except PtransferError:  # no bank yet
+        entries = []
+    widths = {int(e.meta["d_model"]) for e in entries if e.meta.get("d_model")}
+    if widths:
+        return widths, f"its entries in {args.bank}"
+    raise ConfigError(f"cannot check the prompt's width: backbone {args.backbone!r} is not a "
+                      f"preset and {args.bank} holds no entry of it; give its spec with "
+                      "--backbone-spec (e.g. hf:/models/x or gguf:/models/x.gguf). Nothing "
+                      "written.")
+
+
 def main(argv=None) -> int:
     """Stand-alone entry (`python -m ptransfer.cli.bank ...`), for tests."""
-    from ptransfer.core.errors import PtransferError
-
     parser = argparse.ArgumentParser(prog="ptransfer")
     add_bank_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
