@@ -94,3 +94,53 @@ def test_backbone_width_is_read_without_the_weights(tmp_path):
     (tmp_path / "t5" / "config.json").write_text(
         '{"architectures": ["T5ForConditionalGeneration"], "d_model": 48}')
     assert d_model_of_spec(f"hf:{tmp_path / 't5'}") == 48
+
+
+def _all_parsers(parser, path=("ptransfer",)):
+    import argparse
+
+    yield " ".join(path), parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _all_parsers(sub, path + (name,))
+
+
+def test_help_shows_each_default_once_and_requires_only_what_has_none():
+    import re
+
+    from ptransfer.cli import gin_setup
+
+    for name, parser in _all_parsers(cli.build_parser()):
+        text = " ".join(parser.format_help().split())
+        assert not re.search(r"\(default[^)]*\)\s*\(default", text), (name, text)
+        assert "(default: None)" not in text, (name, text)
+        for action in parser._actions:
+            if action.required and action.help:
+                assert "default" not in action.help, (name, action.option_strings)
+    # The train command's "required" macros are those runs/prompt_tune.gin leaves unset.
+    help_text = " ".join(cli.build_parser()._subparsers._group_actions[0]
+                         .choices["train"].format_help().split())
+    required = help_text.split("Required gin macros: ")[1].split(". ")[0]
+    values = gin_setup.shipped_macro_values("runs/prompt_tune.gin")
+    assert values["PROMPT_LENGTH"] == "100" and values["TASK"] == "%gin.REQUIRED"
+    for macro in ("BACKBONE", "TASK", "MODEL_DIR", "TRAIN_STEPS"):
+        assert macro in required
+    for macro in ("PROMPT_LENGTH", "BATCH_SIZE", "INIT_FROM"):
+        assert macro not in required and f"{macro} = {values[macro]}" in help_text, help_text
+
+
+def test_help_spells_every_option_with_underscores():
+    import re
+
+    parser = cli.build_parser()
+    for name, sub in _all_parsers(parser):
+        text = sub.format_help()
+        assert not re.findall(r"--[a-z0-9_]+-[a-z0-9-]+", text), (name, text)
+    for flag in ("--task_type", "--task-type"):  # declared --task-type
+        args = parser.parse_args(["bank", "export", "a/b", "--out", "o", flag, "CAUSAL_LM"])
+        assert args.task_type == "CAUSAL_LM"
+    cross = ["transfer", "cross-model", "--bank", "b", "--target_backbone", "t", "--tasks", "mr",
+             "--out", "o"]
+    for flag in ("--source_backbone", "--source-backbone"):
+        assert parser.parse_args(cross + [flag, "s"]).source_backbone == "s"

@@ -52,13 +52,13 @@ def add_bank_commands(subparsers) -> None:
     p.add_argument("--format", choices=("peft", "npy"), default="peft")
     p.add_argument("--backbone", required=True,
                    help="bank name of the backbone the prompt belongs to (a preset name, or a "
-                        "name the bank already holds; else give --backbone-spec too)")
+                        "name the bank already holds; else give --backbone_spec too)")
     p.add_argument("--backbone-spec", help="load_backbone spec of that backbone (preset:, hf:, "
                    "t5x:, gguf:); its d_model is checked against the prompt's width and the "
                    "spec is recorded for `bank export`")
     p.add_argument("--task", required=True, help="a registered task name")
     p.add_argument("--run", required=True, help="run name of the new entry")
-    p.add_argument("--metric", help="metric of --best-score, if known")
+    p.add_argument("--metric", help="metric of --best_score, if known")
     p.add_argument("--best-score", type=float, help="best score, if known")
     p.add_argument("--overwrite", action="store_true", help="replace an existing entry")
     p.set_defaults(func=run_import)
@@ -159,7 +159,7 @@ def run_import(args) -> int:
     from tasks.specs import get_spec
 
     if (args.metric is None) != (args.best_score is None):
-        raise ConfigError("give --metric and --best-score together (or neither).")
+        raise ConfigError("give --metric and --best_score together (or neither).")
     get_spec(args.task)  # an unknown task: ConfigError with close matches
     bank.check_name("backbone", args.backbone)
     source = os.path.abspath(args.source)
@@ -179,7 +179,7 @@ def run_import(args) -> int:
         raise ConfigError(f"prompt {source} is {shape[0]} x {shape[1]}, but backbone "
                           f"{args.backbone!r} has d_model {width} ({where}); nothing "
                           "written. Give the backbone the prompt was trained for (--backbone, "
-                          "--backbone-spec).")
+                          "--backbone_spec).")
     meta = {"init": f"import:{args.format}", "steps": None, "best_score": args.best_score,
             "metric": args.metric, "seed": None, "provenance": provenance}
     if args.backbone_spec:
@@ -192,7 +192,7 @@ def run_import(args) -> int:
 
 def _expected_widths(args) -> tuple[set, str]:
     """({d_model} the imported prompt may have, where that comes from): from
-    --backbone-spec, else the preset named --backbone, else the bank's entries of
+    --backbone_spec, else the preset named --backbone, else the bank's entries of
     that backbone; one ConfigError when none of them says."""
     from ptransfer import backbones
     from ptransfer.bank import store as bank
@@ -210,7 +210,7 @@ def _expected_widths(args) -> tuple[set, str]:
         return widths, f"its entries in {args.bank}"
     raise ConfigError(f"cannot check the prompt's width: backbone {args.backbone!r} is not a "
                       f"preset and {args.bank} holds no entry of it; give its spec with "
-                      "--backbone-spec (e.g. hf:/models/x or gguf:/models/x.gguf). Nothing "
+                      "--backbone_spec (e.g. hf:/models/x or gguf:/models/x.gguf). Nothing "
                       "written.")
 
 

@@ -71,6 +71,41 @@ def packaged_gin_configs() -> str | None:
     return None
 
 
+_MACRO_LINE = re.compile(r"^(?P<name>[A-Z][A-Z0-9_]*)\s*=\s*(?P<value>.*?)\s*(\s#.*)?$")
+
+
+def shipped_macro_values(name: str) -> dict[str, str]:
+    """{macro: its value as written} of the top-level macro lines of a gin file that
+    ships with ptransfer (e.g. runs/prompt_tune.gin), read as text (gin is not
+    imported); {} when the file is not there."""
+    root = packaged_gin_configs()
+    path = os.path.join(root, name) if root else None
+    if not path or not os.path.isfile(path):
+        return {}
+    out = {}
+    with open(path) as f:
+        for line in f:
+            m = _MACRO_LINE.match(line.rstrip("\n"))
+            if m:
+                out[m["name"]] = m["value"]
+    return out
+
+
+def required_macros_help(required: Sequence[str], run_file: str) -> str:
+    """The 'Required gin macros' sentence of a command's help: the macros of
+    `required` that `run_file` leaves %gin.REQUIRED (or does not set), and apart
+    from them those it gives a default."""
+    values = shipped_macro_values(run_file)
+    defaults = {m: values[m] for m in required if m in values and values[m] != "%gin.REQUIRED"}
+    needed = [m + (" (from a models/*.gin file)" if m == "BACKBONE" else "")
+              for m in required if m not in defaults]
+    text = "Required gin macros: " + ", ".join(needed) + "."
+    if defaults:
+        text += (f" {run_file} also sets " + ", ".join(f"{m} = {v}" for m, v in defaults.items())
+                 + " (override with --gin.NAME=VALUE; --print_config shows every value).")
+    return text
+
+
 def gin_search_paths(extra: Sequence[str] = ()) -> list[str]:
     """Directories searched for `--gin_file` and `include` names, in order: the
     current directory, `extra` (--gin_search_path(s)), $PTRANSFER_GIN_PATH, and

@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_cli(sub)
     accept_both_spellings(parser)
+    use_help_formatters(parser)
     return parser
 
 
@@ -77,20 +78,57 @@ def error_text(error: Exception) -> str:
     return " ".join(_GIN_CALL_SUFFIX.sub("", str(error)).split())
 
 
+def _parsers(parser: argparse.ArgumentParser):
+    """`parser` and every (sub)subcommand parser under it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in {id(p): p for p in action.choices.values()}.values():
+                yield from _parsers(sub)
+
+
 def accept_both_spellings(parser: argparse.ArgumentParser) -> None:
     """Lets every --option of `parser` and its subcommands be given as `--data_dir`
-    or `--data-dir` (T5X spells flags with underscores; help shows each option as it
-    is declared). argparse has no public alias API, so the other spelling is added to
-    each parser's option table."""
-    for action in list(parser._actions):
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in set(action.choices.values()):
-                accept_both_spellings(sub)
-        for name in action.option_strings:
-            if not name.startswith("--") or name.startswith("--gin"):
-                continue
-            for other in ("--" + name[2:].replace("-", "_"), "--" + name[2:].replace("_", "-")):
-                parser._option_string_actions.setdefault(other, action)
+    or `--data-dir`; help and usage show the underscore spelling (T5X spells flags
+    so), however the option was declared. argparse has no public alias API, so the
+    other spelling is added to each parser's option table."""
+    for p in _parsers(parser):
+        for action in list(p._actions):
+            names = []
+            for name in action.option_strings:
+                if name.startswith("--") and not name.startswith("--gin"):
+                    for other in ("--" + name[2:].replace("-", "_"),
+                                  "--" + name[2:].replace("_", "-")):
+                        p._option_string_actions.setdefault(other, action)
+                    name = "--" + name[2:].replace("-", "_")
+                if name not in names:
+                    names.append(name)
+            action.option_strings = names
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to an option's help only where it says something: not
+    for required options, flags, a None default, or help that states its own default
+    (such as "(default: all)")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.required or action.nargs == 0 or action.default is None or \
+                "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def use_help_formatters(parser: argparse.ArgumentParser) -> None:
+    """Every parser under `parser` shows defaults as DefaultsHelpFormatter does (one
+    rule for all subcommands, whatever formatter they declared), options without help
+    too."""
+    for p in _parsers(parser):
+        p.formatter_class = DefaultsHelpFormatter
+        for action in p._actions:
+            if action.help is None and action.option_strings and not action.required and \
+                    action.nargs != 0 and action.default not in (None, argparse.SUPPRESS):
+                action.help = "(default: %(default)s)"  # argparse prints no line without help
 
 
 def main(argv=None) -> int:

@@ -1,11 +1,11 @@
 """`ptransfer project train|apply|recycle|tpt`: the cross-model prompt projector.
 
-  ptransfer project train --source-backbone t5_1_1_base --target-backbone t5_1_1_xxl \\
+  ptransfer project train --source_backbone t5_1_1_base --target_backbone t5_1_1_xxl \\
       --tasks sst2,imdb,mnli --objective distance --bank bank/ --out proj/base_to_xxl
-  ptransfer project train --source-backbone llama_tiny \\
-      --target-backbone preset:t5_1_1_tiny --tasks mr --objective task --bank bank/ --out proj/x
+  ptransfer project train --source_backbone llama_tiny \\
+      --target_backbone preset:t5_1_1_tiny --tasks mr --objective task --bank bank/ --out proj/x
   ptransfer project apply --projector proj/base_to_xxl --bank bank/ [--tasks sst2]
-  ptransfer project recycle --source-backbone SPEC --target-backbone SPEC --bank bank/
+  ptransfer project recycle --source_backbone SPEC --target_backbone SPEC --bank bank/
   ptransfer project tpt --projector proj/x --source llama_tiny/mr/seed0 --bank bank/ \\
       --gin_file=models/t5_1_1_tiny.gin --gin_file=runs/prompt_tune.gin --gin.TASK=mr \\
       --gin.MODEL_DIR=/tmp/tpt --out results/tpt_model

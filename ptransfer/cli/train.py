@@ -11,7 +11,6 @@ Heavy imports (jax, seqio) happen inside the run functions.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -21,14 +20,13 @@ EVAL_REQUIRED = ("BACKBONE", "TASK", "PROMPT")
 
 
 def add_cli(subparsers) -> None:
-    from ptransfer.cli.gin_setup import add_gin_arguments
+    from ptransfer.cli.gin_setup import add_gin_arguments, required_macros_help
 
     p = subparsers.add_parser(
         "train", help="prompt-tune a frozen backbone (gin-configured)",
         description="Prompt tuning: only the prompt is trained. Resumes from MODEL_DIR's "
-                    "latest checkpoint; writes a prompt bank entry at the end. Required gin "
-                    "macros: " + ", ".join(TRAIN_REQUIRED) + ".",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "latest checkpoint; writes a prompt bank entry at the end. "
+                    + required_macros_help(TRAIN_REQUIRED, "runs/prompt_tune.gin"))
     add_gin_arguments(p)
     p.add_argument("--print_config", action="store_true",
                    help="print the resolved gin config and exit (nothing is loaded)")
@@ -37,8 +35,9 @@ def add_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "eval", help="evaluate a prompt (or none) on a task split",
         description="Scores a prompt on a task split with the task's metrics (rank "
-                    "classification or greedy decoding). Required gin macros: "
-                    + ", ".join(EVAL_REQUIRED) + ". PROMPT=None evaluates without a prompt.")
+                    "classification or greedy decoding). "
+                    + required_macros_help(EVAL_REQUIRED, "runs/prompt_eval.gin")
+                    + " PROMPT=None evaluates without a prompt.")
     add_gin_arguments(p)
     p.set_defaults(func=_run_eval)
 

