@@ -71,6 +71,15 @@ def _cases(tmp):
         checkpointing.check_run_identity(model_dir, {"optimizer": {"learning_rate": 0.3}})
         checkpointing.check_run_identity(model_dir, {"optimizer": {"learning_rate": 0.03}})
 
+    def bank_import(*extra):
+        from ptransfer.cli import main as cli
+
+        np.save(os.path.join(tmp, "p.npy"), prompt)
+        args = cli.build_parser().parse_args(["bank", "import", os.path.join(tmp, "p.npy"),
+                                              "--format", "npy", "--bank", root, "--run", "r",
+                                              *extra])
+        args.func(args)
+
     inf = prompt.copy()
     inf[0, 0] = np.inf
     return [
@@ -91,6 +100,12 @@ def _cases(tmp):
         ("a lower LEARNING_RATE in a MODEL_DIR that holds a run (without CONTINUE_WITH_CHANGES)",
          other_learning_rate),
         ("an unknown preset", lambda: trainer.Trainer(_config(tmp, backbone="preset:t5_tny")).run()),
+        ("`bank import` of a prompt whose width is not the backbone's d_model",
+         lambda: bank_import("--backbone", "t5_tiny", "--task", "mr")),
+        ("`bank import` of a backbone that is no preset and not in the bank, without "
+         "--backbone_spec", lambda: bank_import("--backbone", "mystery", "--task", "mr")),
+        ("`bank import` with an unknown task name",
+         lambda: bank_import("--backbone", "t5_tiny", "--task", "mrr")),
     ]
 
 
