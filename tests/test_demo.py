@@ -227,3 +227,16 @@ def test_on_verdict_reads_the_intervals():
     text = reading(0.42, [0.27, 0.63], 0.33, [0.20, 0.50])
     assert "inconclusive, ON is higher" in text and "reproduced," not in text
     assert "inconclusive, ON is not higher" in reading(0.3, [0.1, 0.5], 0.35, [0.2, 0.5])
+
+
+def test_stage_eta_prices_a_stage_at_what_it_took_on_the_earlier_model():
+    from ptransfer.experiments.demo import Stages
+
+    stages = Stages(2, cross_model=True)
+    stages.took = {(0, "bank"): 600.0, (0, "matrix"): 300.0, (0, "tpt"): 120.0,
+                   (0, "indicators"): 60.0}
+    stages._since = 0.0
+    # now at model 2's bank, 100 s in: its bank 500 s more, then matrix 300 + tpt 120 +
+    # indicators 60, cross_model and report at the mean (1080 / 4 = 270 each)
+    assert stages._eta(stages.plan.index((1, "bank")), now=100.0) == \
+        f", ETA {(500 + 300 + 120 + 60 + 270 + 270) / 60:.0f} min"

@@ -161,8 +161,9 @@ def _reusable(path: str, fingerprint: str) -> dict | None:
 
 class Stages:
     """Logs which stage runs, for which model, with its number, the elapsed time and
-    an ETA from the stages done so far (the trainer adds step bars with their own ETA).
-    Models are numbered in the order they first appear."""
+    an ETA (the trainer adds step bars with their own ETA). Models are numbered in the
+    order they first appear. The ETA prices each stage still to come at what the same
+    stage took on an earlier model, else at the mean of the stages done so far."""
 
     PER_MODEL = ("bank", "matrix", "tpt", "indicators")
 
@@ -172,15 +173,31 @@ class Stages:
         self.plan += [(None, "cross_model")] if cross_model else []
         self.plan += [(None, "report")]
         self.models: list[str] = []
+        self.took: dict[tuple, float] = {}
+        self._current: tuple | None = None
+        self._since = self.t0
 
     def start(self, name: str, what: str, model: str | None = None) -> None:
         if model is not None and model not in self.models:
             self.models.append(model)
-        i = self.plan.index((None if model is None else self.models.index(model), name))
-        elapsed = time.perf_counter() - self.t0
-        eta = f", ETA {elapsed / i * (len(self.plan) - i) / 60:.0f} min" if i else ""
+        key = (None if model is None else self.models.index(model), name)
+        now = time.perf_counter()
+        if key != self._current:
+            if self._current is not None:
+                self.took[self._current] = now - self._since
+            self._current, self._since = key, now
+        i = self.plan.index(key)
         log.info("[stage %d/%d %s%s | %.0fs%s] %s", i + 1, len(self.plan), name,
-                 f" {model}" if model else "", elapsed, eta, what)
+                 f" {model}" if model else "", now - self.t0, self._eta(i, now), what)
+
+    def _eta(self, i: int, now: float) -> str:
+        if not self.took:
+            return ""
+        mean_s = sum(self.took.values()) / len(self.took)
+        by_name = {s: t for (_, s), t in self.took.items()}
+        left = sum(by_name.get(s, mean_s) for _, s in self.plan[i + 1:])
+        left += max(0.0, by_name.get(self.plan[i][1], mean_s) - (now - self._since))
+        return f", ETA {left / 60:.0f} min"
 
 
 def run_demo(demo: DemoConfig | None = None, base=None) -> str:
