@@ -10,8 +10,6 @@ import re
 
 import pytest
 
-from ptransfer.report.markdown import write_report
-
 MODELS = ("llama_tiny", "gemma3_tiny")
 PER_MODEL = ("cross_task.json", "tpt.json", "indicators.json")
 # the report's pictures are named by model (see report/markdown.py); checked through
@@ -46,6 +44,7 @@ def test_every_artifact_is_produced(demo_out):
     for model in MODELS:
         assert any(model in p for p in pictures), f"REPORT.md shows no picture of {model}"
     assert any("cross_model" in p for p in pictures), "REPORT.md shows no cross-model picture"
+    assert any(p.startswith("cross_model_tpt_") for p in pictures), "no TPT_MODEL curves"
     for png in pictures:
         path = os.path.join(demo_out, png)
         assert os.path.isfile(path) and os.path.getsize(path) > 0, png
@@ -105,7 +104,9 @@ def test_report_is_drawn_from_the_json(demo_out):
     assert pictures
     for png in pictures:
         os.remove(os.path.join(demo_out, png))
-    write_report(demo_out)
+    from ptransfer.cli.main import main
+
+    assert main(["report", demo_out]) == 0  # the command reads the two-model layout too
     report = open(os.path.join(demo_out, "REPORT.md")).read()
     assert "12.345" in report and "sms_spam: 4242" in report
     for png in pictures:

@@ -22,7 +22,8 @@ def add_cli(subparsers) -> None:
 
     p = subparsers.add_parser("report", help="redraw REPORT.md and its PNGs from results JSON")
     p.add_argument("results_dir", help="directory holding cross_task.json (and tpt.json, "
-                                       "indicators.json)")
+                                       "indicators.json), or a demo's output (models/<backbone>/ "
+                                       "with those files, cross_model/cross_model.json)")
     p.set_defaults(func=_run_report)
 
 
@@ -45,9 +46,12 @@ def _run_report(args) -> int:
 
     from ptransfer.core.errors import DataError
     from ptransfer.report.markdown import write_report
+    from ptransfer.report.multi_model import is_multi_model
 
-    if not os.path.exists(os.path.join(args.results_dir, "cross_task.json")):
-        raise DataError(f"{args.results_dir} has no cross_task.json; run `ptransfer transfer "
-                        "matrix` (or `ptransfer demo`) first.")
+    if not (os.path.exists(os.path.join(args.results_dir, "cross_task.json"))
+            or is_multi_model(args.results_dir)):
+        raise DataError(f"{args.results_dir} has neither cross_task.json nor models/<backbone>/"
+                        "cross_task.json; run `ptransfer transfer matrix` (or `ptransfer demo`) "
+                        "first.")
     print(write_report(args.results_dir))
     return 0

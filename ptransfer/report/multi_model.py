@@ -120,8 +120,14 @@ def _cross_model(cm: dict, found: list[verdicts.Verdict], out_dir: str) -> list[
                           "tasks"], rows), "", f"**{v.verdict}.** {v.sentence}", ""]
         else:
             md += [f"TPT_MODEL ({v.scope}, from {v.numbers.get('mapper')}):", "",
-                   table(["pair"] + SPEEDUP_HEADER, _speedup_rows(v.numbers["pairs"])), "",
-                   f"**{v.verdict}.** {v.sentence}", ""]
+                   table(["pair"] + SPEEDUP_HEADER, _speedup_rows(v.numbers["pairs"])), ""]
+            direction = next(d for d in cm["directions"] if d["name"] == v.scope)
+            for task, pair in direction.get("tpt", {}).items():
+                png = (f"cross_model_tpt_{_slug(direction['source'])}_to_"
+                       f"{_slug(direction['target'])}_{_slug(task)}.png")
+                plots.tpt_curves(pair, os.path.join(out_dir, png))
+                md += [f"![TPT_MODEL {v.scope} {task}]({png})", ""]
+            md += [f"**{v.verdict}.** {v.sentence}", ""]
     return md + ["![relative performance per mapper](cross_model_relative.png)", "",
                  "![accuracy per mapper and direction](cross_model_accuracy.png)", ""]
 
