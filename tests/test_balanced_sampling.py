@@ -67,3 +67,33 @@ def test_balanced_stream_refusals(task, tmp_path):
                                 data_dir=_write(tmp_path, [0, 2, 2, 0]))
     with pytest.raises(DataError, match=r"no example of label 1 \('neutral'\)"):
         next(data.iterate_batches(no_neutral, "train", 2, LENGTHS, balance_classes=True))
+
+
+BASE = dict(backbone="preset:llama_tiny", model_dir="unused", prompt_length=4, init_from="random",
+            batch_size=2, train_steps=1)
+
+
+@pytest.mark.parametrize("name, balanced", [
+    ("tweets", True), ("sms_spam", True), ("trec", True),    # class ratios 2.3, 7.2, 14.7
+    ("mr", False), ("amazon", False), ("nyt", False),       # 1.02, 1.43, 1.24
+    ("squad", False),                                         # generative: no classes
+])
+def test_auto_balances_exactly_the_skewed_offline_corpora(name, balanced):
+    from ptransfer.training.trainer import SKEWED_RATIO, TrainConfig
+
+    spec = tasks.get_spec(name)
+    cfg = TrainConfig(task=name, **BASE)
+    assert cfg.balance_classes == "auto"
+    assert cfg.effective_balance_classes(spec) is balanced
+    counts = spec.class_counts.get("train") if spec.is_classification else None
+    # the rule, from the spec's counts
+    assert balanced == bool(counts and max(counts) > SKEWED_RATIO * min(counts))
+    forced = TrainConfig(task=name, balance_classes=False, **BASE)
+    assert forced.effective_balance_classes(spec) is False
+
+
+def test_balance_classes_value_is_checked():
+    from ptransfer.training.trainer import TrainConfig
+
+    with pytest.raises(ConfigError, match="balance_classes 'yes'"):
+        TrainConfig(task="mr", balance_classes="yes", **BASE).validate()

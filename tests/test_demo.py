@@ -45,6 +45,8 @@ def test_every_artifact_is_produced(demo_out):
         assert any(model in p for p in pictures), f"REPORT.md shows no picture of {model}"
     assert any("cross_model" in p for p in pictures), "REPORT.md shows no cross-model picture"
     assert any(p.startswith("cross_model_tpt_") for p in pictures), "no TPT_MODEL curves"
+    assert "Prompts compared: each run's final prompt" in report
+    assert "Init control (prompt pairs with independent inits): not available" in report
     for png in pictures:
         path = os.path.join(demo_out, png)
         assert os.path.isfile(path) and os.path.getsize(path) > 0, png
@@ -66,6 +68,9 @@ def test_every_artifact_is_produced(demo_out):
         assert cell["accuracy_ci"][0] <= cell["accuracy"] <= cell["accuracy_ci"][1]
         assert cross["intervals"]["relative"]["mr"]["mr"] == [1.0, 1.0]
         ind = _json(demo_out, "models", model, "indicators.json")
+        # prompts compared at the same (final) step; one seed gives no independent-init pairs
+        assert ind["prompt_kind"] == "final"
+        assert not ind["init_control"]["available"] and "seeds" in ind["init_control"]["reason"]
         # ON on a gated FFN: the gate rule, the product rule reported beside it
         assert ind["on_rule"] == "gate" and "ON_product" in ind["pairwise"]
         # two tasks leave each target one source: no per-target rho, and the JSON says why

@@ -22,6 +22,10 @@ def add_cli(subparsers) -> None:
     p.add_argument("--positions", default="last", help="last | all | prompt")
     p.add_argument("--threshold", type=float, default=0.0)
     p.add_argument("--window_size", type=int, default=3)
+    p.add_argument("--prompt", default="final", choices=("final", "best", "exported"),
+                   help="which prompt of each bank entry to compare: the run's final one "
+                        "(every prompt at the same step; default), its best-scoring one, or "
+                        "the exported prompt.npy")
     p.add_argument("--data_dir", default=None)
     p.set_defaults(func=_run)
 
@@ -52,7 +56,7 @@ def _run(args) -> int:
     result = compute_indicators(backbone, args.bank, cross, stimulus=args.stimulus,
                                 stimulus_examples=args.stimulus_examples, positions=args.positions,
                                 threshold=args.threshold, window_size=args.window_size,
-                                data_dir=args.data_dir)
+                                data_dir=args.data_dir, prompt_kind=args.prompt)
     os.makedirs(args.out, exist_ok=True)
     path = write_json(os.path.join(args.out, "indicators.json"), result)
     plots.indicator_scatter(result, os.path.join(args.out, "indicator_scatter.png"))

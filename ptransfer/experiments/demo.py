@@ -72,6 +72,8 @@ class DemoConfig:
     matrix_eval_examples: examples per target in the matrix
     stimulus:            ON stimulus: 'dummy' or 'task:<name>'
     window_size:         layers per ON window
+    indicator_prompt:    which prompt of each bank entry the indicators compare:
+                         'final' (all taken at the same step) or 'best'
     cross_model_tasks:   tasks whose prompts are mapped between the first two
                          backbones (both directions); empty: no cross-model stage
     cross_model_train_tasks: the projector's prompt-pair tasks (the paper trains
@@ -96,6 +98,7 @@ class DemoConfig:
     matrix_batch_size: int = 32
     stimulus: str = "dummy"
     window_size: int = 3
+    indicator_prompt: str = "final"
     cross_model_tasks: Sequence[str] = ()
     cross_model_train_tasks: Sequence[str] = ()
     cross_model_mappers: Sequence[str] = MAPPER_NAMES
@@ -209,6 +212,9 @@ def run_demo(demo: DemoConfig | None = None, base=None) -> str:
     for t in list(demo.train_tasks) + list(demo.eval_only_tasks):
         task_registry.get_spec(t)  # unknown names fail before anything is loaded
     demo.pairs()
+    if demo.indicator_prompt not in ("final", "best"):
+        raise ConfigError(f"DemoConfig.indicator_prompt {demo.indicator_prompt!r}: use 'final' "
+                          "(every prompt taken at the last step) or 'best'.")
     cross_cfg = demo.cross_model_config(base)
     specs = list(demo.backbones) or [base.backbone]
     if len(set(specs)) != len(specs):
@@ -339,13 +345,15 @@ def _run_backbone(demo: DemoConfig, base, backbone, out: str, stages: Stages,
 
     # 4. indicators
     t = time.perf_counter()
-    fp_ind = _fingerprint([cross["fingerprint"], demo.stimulus, demo.window_size])
+    fp_ind = _fingerprint([cross["fingerprint"], demo.stimulus, demo.window_size,
+                           demo.indicator_prompt])
     ind_path = os.path.join(mdir, "indicators.json")
     if _reusable(ind_path, fp_ind) is None:
         stages.start("indicators", f"E/C and ON on {len(demo.train_tasks)} tasks "
                                    f"(stimulus {demo.stimulus})", name)
         ind = compute_indicators(backbone, bank_dir, cross, stimulus=demo.stimulus,
-                                 window_size=demo.window_size, data_dir=base.data_dir)
+                                 window_size=demo.window_size, data_dir=base.data_dir,
+                                 prompt_kind=demo.indicator_prompt)
         ind["fingerprint"] = fp_ind
         _write_json(ind_path, ind)
     else:
@@ -353,6 +361,14 @@ def _run_backbone(demo: DemoConfig, base, backbone, out: str, stages: Stages,
     timings[f"{name}/indicators_s"] = time.perf_counter() - t
     return {"backbone_spec": base.backbone, "layers": getattr(backbone, "num_layers", None),
             "d_model": getattr(backbone, "d_model", None), "bank entries": len(entries)}
+
+
+def _balanced_tasks(base, train_tasks) -> str:
+    """Which training tasks used a class-balanced stream, in words."""
+    on = [t for t in train_tasks
+          if base.effective_balance_classes(task_registry.get_spec(t))]
+    setting = f"BALANCE_CLASSES={base.balance_classes!r}"
+    return f"{', '.join(on)} ({setting})" if on else f"none ({setting})"
 
 
 def _run_info(demo: DemoConfig, base, models: dict, cross_cfg, timings) -> dict:
@@ -374,7 +390,7 @@ def _run_info(demo: DemoConfig, base, models: dict, cross_cfg, timings) -> dict:
         "eval_examples (validation subset)": f"{base.eval_examples} ({base.eval_subset})",
         "compute dtype": base.compute_dtype or "float32",
         "loss": base.loss,
-        "class-balanced sampling": base.balance_classes,
+        "class-balanced sampling": _balanced_tasks(base, demo.train_tasks),
         "TPT pairs": list(demo.tpt_pairs),
         "TPT optimizer state": base.init_optimizer,
         "matrix split / examples": f"{demo.matrix_split} / {demo.matrix_eval_examples}",

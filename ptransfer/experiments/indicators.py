@@ -17,7 +17,18 @@ the gate's pre-activation of a gated one); every other rule the backbone
 offers is reported beside it as its own indicator `ON_<rule>` (gated FFNs:
 `ON_product`, act(gate) * up > 0).
 
-Output keys: backbone, tasks, stimulus, positions, threshold, window_size,
+Prompts compared at the same point: indicators read each run's *final* prompt
+by default (`prompt_kind`; the bank keeps the best and the final one), since
+best-scoring prompts are banked at different steps of runs that start from one
+shared init, and an indicator would partly measure how far each has moved
+from it. The init control splits the entry pairs of two tasks into those that
+started from the same initial prompt (same init spec and seed) and those with
+independent inits (different seeds), and repeats the Spearman summary on
+each (`init_control`); it needs a seed-drawn init ('random' / 'vocab'), shared
+across tasks for one seed, and at least two seeds per task, else it says why
+it is unavailable.
+
+Output keys: backbone, tasks, prompt_kind, init_control, stimulus, positions, threshold, window_size,
 on_rule, on_rules, pairwise {indicator: {s: {t: value}}}, points {indicator:
 [[value, rel], ...]}, spearman {overall {ind: rho}, per_target {ind: {t: rho}},
 windows {"a-b": rho}, pvalues {ind: p}, n, mean_per_target {ind: rho} (the
@@ -35,7 +46,7 @@ from __future__ import annotations
 import numpy as np
 
 import tasks
-from ptransfer import scoring
+from ptransfer import prompts, scoring
 from ptransfer.core.errors import ConfigError
 from ptransfer.data import default_truncation, load_task
 from ptransfer.experiments.matrix import load_bank_prompts, relative_replicates
@@ -63,18 +74,70 @@ def stimulus_batch(backbone, stimulus: str = "dummy", examples: int = 8, data_di
     raise ConfigError(f"unknown stimulus {stimulus!r}; use 'dummy' or 'task:<name>'.")
 
 
-def _by_task(matrix: np.ndarray, task_of: list[str], tasks: list[str]) -> np.ndarray:
-    """Entry-level [K, K] -> task-level [S, S] by averaging over the tasks' entries."""
+def _by_task(matrix: np.ndarray, task_of: list[str], tasks: list[str],
+             pair_mask: np.ndarray | None = None) -> np.ndarray:
+    """Entry-level [K, K] -> task-level [S, S] by averaging over the tasks' entry pairs
+    (only those where `pair_mask` [K, K] is True; NaN where none is)."""
     idx = {t: [i for i, x in enumerate(task_of) if x == t] for t in tasks}
-    return np.array([[float(np.mean(matrix[np.ix_(idx[s], idx[t])])) for t in tasks]
-                     for s in tasks])
+    keep = np.ones(matrix.shape, bool) if pair_mask is None else np.asarray(pair_mask, bool)
+    out = np.full((len(tasks), len(tasks)), np.nan)
+    for a, s in enumerate(tasks):
+        for b, t in enumerate(tasks):
+            block, use = matrix[np.ix_(idx[s], idx[t])], keep[np.ix_(idx[s], idx[t])]
+            if use.any():
+                out[a, b] = float(np.mean(block[use]))
+    return out
+
+
+SEED_DRAWN_INITS = ("random", "vocab")
+
+
+def init_control(per_entry: dict, entries, tasks_: list[str], rel: np.ndarray, *,
+                 transfer_replicates=None, resamples: int = 1000, seed: int = 0) -> dict:
+    """The Spearman summaries again on same-init and on independent-init entry pairs.
+
+    per_entry: {indicator: [K, K]} over `entries` (bank entries, in order);
+    rel: the transfer matrix [S, S] over `tasks_`. Two entries share their init
+    when their init spec and seed agree and the init is seed-drawn (module
+    docstring). Returns {available, reason} or {available, pairs {same_init,
+    independent_init}: entry-pair counts across tasks, summary {variant:
+    {indicator: SpearmanSummary json}}}.
+    """
+    inits = {str(e.meta.get("init")) for e in entries}
+    not_drawn = sorted(i for i in inits if prompts.parse_init_from(i)[0] not in SEED_DRAWN_INITS)
+    if not_drawn:
+        return {"available": False,
+                "reason": f"init {', '.join(not_drawn)} is not drawn from the seed alone, so "
+                          "entries of two tasks do not share an initial prompt"}
+    task_of = [e.task for e in entries]
+    key = [(str(e.meta.get("init")), e.meta.get("seed")) for e in entries]
+    same = np.array([[a == b for b in key] for a in key])
+    cross_task = np.array([[a != b for b in task_of] for a in task_of])
+    variants = {"same_init": same, "independent_init": ~same}
+    pairs = {v: int((m & cross_task).sum()) for v, m in variants.items()}
+    off = correlation.off_diagonal_mask(tasks_, tasks_)
+    summary = {}
+    for variant, mask in variants.items():
+        mats = {k: _by_task(m, task_of, tasks_, mask) for k, m in per_entry.items()}
+        if not all(np.isfinite(m[off]).all() for m in mats.values()):
+            return {"available": False, "pairs": pairs,
+                    "reason": f"some pair of tasks has no {variant.replace('_', '-')} pair of "
+                              "runs (needs two or more seeds per task)"}
+        summary[variant] = {k: correlation.spearman_summary(
+            m, rel, tasks_, tasks_, name=k, transfer_replicates=transfer_replicates,
+            resamples=resamples, seed=seed).to_json() for k, m in mats.items()}
+    return {"available": True, "pairs": pairs, "summary": summary}
 
 
 def compute_indicators(backbone, bank_dir: str, cross_task: dict, *, stimulus: str = "dummy",
                        stimulus_examples: int = 8, positions="last", threshold: float = 0.0,
                        window_size: int = 3, data_dir=None, bootstrap_resamples: int = 1000,
-                       bootstrap_seed: int = 0) -> dict:
-    """Every indicator for every task pair, and their Spearman correlations with transfer."""
+                       bootstrap_seed: int = 0, prompt_kind: str = "final") -> dict:
+    """Every indicator for every task pair, and their Spearman correlations with transfer.
+
+    prompt_kind: which prompt of each bank entry the indicators compare ('final',
+    'best' or 'exported'; module docstring).
+    """
     if cross_task["backbone"] != backbone.name:
         raise ConfigError(f"the transfer matrix is for backbone {cross_task['backbone']!r}, not "
                           f"{backbone.name!r}; compute both on the same backbone.")
@@ -82,12 +145,12 @@ def compute_indicators(backbone, bank_dir: str, cross_task: dict, *, stimulus: s
     if len(with_prompts) < 2:
         raise ConfigError("indicators need at least two tasks that are both sources (with bank "
                           "prompts) and targets of the transfer matrix.")
-    entries, stack = load_bank_prompts(bank_dir, backbone, with_prompts)
+    entries, stack = load_bank_prompts(bank_dir, backbone, with_prompts, kind=prompt_kind)
     task_of = [e.task for e in entries]
     tasks_ = [t for t in with_prompts if t in task_of]
 
-    matrices = {name: _by_task(np.asarray(similarity.similarity_matrix(name, stack)), task_of, tasks_)
-                for name in SIMILARITY_NAMES}
+    per_entry = {name: np.asarray(similarity.similarity_matrix(name, stack))
+                 for name in SIMILARITY_NAMES}
     inputs, inputs_mask = stimulus_batch(backbone, stimulus, stimulus_examples, data_dir)
     rules = backbone.ffn_activation_rules  # the first is ON's rule
     for rule in rules:
@@ -96,9 +159,10 @@ def compute_indicators(backbone, bank_dir: str, cross_task: dict, *, stimulus: s
             threshold=threshold, names=[e.ref for e in entries],
             prompt_backbones=[e.backbone for e in entries], rule=rule)
         name = "ON" if rule == rules[0] else f"ON_{rule}"
-        matrices[name] = _by_task(neurons.on_matrix(rule_masks), task_of, tasks_)
+        per_entry[name] = np.asarray(neurons.on_matrix(rule_masks))
         if rule == rules[0]:
             masks = rule_masks
+    matrices = {name: _by_task(m, task_of, tasks_) for name, m in per_entry.items()}
     windows = {f"{a}-{b - 1}": _by_task(m, task_of, tasks_)
                for (a, b), m in neurons.on_by_window(masks, size=window_size).items()}
 
@@ -114,7 +178,11 @@ def compute_indicators(backbone, bank_dir: str, cross_task: dict, *, stimulus: s
                                                  resamples=bootstrap_resamples,
                                                  seed=bootstrap_seed).to_json()
                  for k, m in matrices.items()}
+    control = init_control(per_entry, entries, tasks_, rel, transfer_replicates=replicates,
+                           resamples=bootstrap_resamples, seed=bootstrap_seed)
     return {
+        "prompt_kind": prompt_kind,
+        "init_control": control,
         "retrieval": {name: top_source_retrieval(m, rel, tasks_) for name, m in matrices.items()},
         "backbone": backbone.name,
         "tasks": tasks_,

@@ -58,8 +58,13 @@ def order_by_type(names: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda n: (TYPES.index(tasks.get_spec(n).type), list(names).index(n)))
 
 
-def load_bank_prompts(bank_dir: str, backbone, sources: Sequence[str] | None = None):
-    """(entries, prompts [K, L, D]) for the bank prompts of `backbone`, checked to stack."""
+def load_bank_prompts(bank_dir: str, backbone, sources: Sequence[str] | None = None,
+                      kind: str = "exported"):
+    """(entries, prompts [K, L, D]) for the bank prompts of `backbone`, checked to stack.
+
+    kind: which prompt of each entry (`bank.read_prompt`): 'exported' (prompt.npy,
+    the one the bank serves), or the run's 'best' / 'final' prompt.
+    """
     entries = bank.list_entries(bank_dir, backbone=backbone.name, require=True)
     if sources is not None:
         missing = sorted(set(sources) - {e.task for e in entries})
@@ -67,7 +72,7 @@ def load_bank_prompts(bank_dir: str, backbone, sources: Sequence[str] | None = N
             raise ConfigError(f"no bank prompt of backbone {backbone.name!r} for source task(s) "
                               f"{', '.join(missing)} in {bank_dir}; train them first.")
         entries = [e for e in entries if e.task in set(sources)]
-    prompts = [e.read()[0] for e in entries]
+    prompts = [bank.read_prompt(e.path, kind) for e in entries]
     shapes = {e.ref: tuple(p.shape) for e, p in zip(entries, prompts)}
     if len(set(shapes.values())) > 1:
         listing = "; ".join(f"{ref}: {list(s)}" for ref, s in shapes.items())

@@ -132,6 +132,25 @@ def _cross_model(cm: dict, found: list[verdicts.Verdict], out_dir: str) -> list[
                  "![accuracy per mapper and direction](cross_model_accuracy.png)", ""]
 
 
+def _init_control(control: dict | None) -> list[str]:
+    """The same-init / independent-init Spearman table, or why there is none."""
+    if not control:
+        return []
+    if not control.get("available"):
+        return [f"Init control (prompt pairs with independent inits): not available, "
+                f"{control.get('reason', 'no reason recorded')}.", ""]
+    same, indep = control["summary"]["same_init"], control["summary"]["independent_init"]
+    mean = lambda v: {"mean": v["mean_per_target"], "ci": v["mean_per_target_ci"]}  # noqa: E731
+    rows = [[k, with_ci(mean(same[k])), with_ci(mean(indep[k]))] for k in same if k in indep]
+    pairs = control.get("pairs", {})
+    return ["Init control: the Spearman mean over targets [95%] again, once on the prompt pairs "
+            f"that started from the same initial prompt ({pairs.get('same_init', '?')} pairs of "
+            f"runs) and once on pairs with independent inits ({pairs.get('independent_init', '?')}"
+            "; different seeds). An indicator that only tracks the shared init loses its "
+            "signal on the second.", "",
+            table(["indicator", "same init", "independent inits"], rows), ""]
+
+
 def _indicators(model: str, ind: dict, v: verdicts.Verdict, out_dir: str) -> list[str]:
     png = f"{_slug(model)}_indicator_scatter.png"
     plots.indicator_scatter(ind, os.path.join(out_dir, png))
@@ -141,7 +160,10 @@ def _indicators(model: str, ind: dict, v: verdicts.Verdict, out_dir: str) -> lis
     md = [f"### {model}", "",
           table(["indicator", "Spearman, mean over targets [95%]", "pooled [95%]",
                  f"paper ({' / '.join(paper.MODELS)}, ×100)"], rows), "",
-          f"ON's activated neuron: {ind.get('on_rule', 'pre-activation > 0')} rule.", "",
+          f"ON's activated neuron: {ind.get('on_rule', 'pre-activation > 0')} rule. "
+          f"Prompts compared: each run's {ind.get('prompt_kind', 'exported')} prompt"
+          + (" (all taken at the same step)." if ind.get("prompt_kind") == "final" else "."), "",
+          *_init_control(ind.get("init_control")),
           f"![{model} indicator scatter]({png})", ""]
     retrieval = {k: r for k, r in ind.get("retrieval", {}).items() if r.get("targets")}
     if retrieval:
