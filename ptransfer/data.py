@@ -21,7 +21,9 @@ Truncation to the fixed lengths:
     the better choice for decoder-only models;
   * masked-LM inputs (`tasks.get_task(..., mlm=...)`): always cut the text just
     before the mask token, so the start token, the mask and what follows it
-    survive.
+    survive; in the official RoBERTa code's input form (no mask token in the
+    inputs, MLM `input_layout='official'`) cut at the end keeping the final
+    end token, as its formatters do.
 
 Deterministic, resumable streams (`iterate_batches`): the split is read in its
 fixed source order, sharded by example (`shard_index` of `num_shards`),
@@ -200,8 +202,10 @@ def make_converter(task, lengths: Mapping[str, int], truncate_inputs: str = "rig
             raise ConfigError(f"lengths needs a positive {key!r} entry, got {dict(lengths)}.")
     li, lt = int(lengths["inputs"]), int(lengths["targets"])
     feats = task.output_features
-    mask_id = _mlm_mask_id(task)
-    inputs_eos = bool(feats["inputs"].add_eos)
+    mask_id, official = _mlm_form(task)
+    inputs_eos = bool(feats["inputs"].add_eos) or official
+    if official:
+        truncate_inputs = "right"
     targets_eos = bool(feats["targets"].add_eos)
 
     import tensorflow as tf
@@ -222,9 +226,14 @@ def make_converter(task, lengths: Mapping[str, int], truncate_inputs: str = "rig
     return convert
 
 
-def _mlm_mask_id(task):
+def _mlm_form(task):
+    """(the mask id a masked-LM form's inputs hold or None, whether it is the official form)."""
     info = registry.find_registered(task)
-    return info.mlm.mask_id if info is not None and info.mlm is not None else None
+    if info is None or info.mlm is None:
+        return None, False
+    if info.mlm.layout == "official":
+        return None, True
+    return info.mlm.mask_id, False
 
 
 # ---- streams ----------------------------------------------------------------------------

@@ -14,6 +14,10 @@ token, the text before the mask slot, the mask token, the text after it, end
 token, with the MLM label words as (single-token) targets. `__d20` means every
 target text starts with the target delimiter " " (decoder-only backbones: the
 target continues the input text, as lm-eval-harness's `target_delimiter`).
+`__mlm<bos>_<mask>_<end>o` is the official RoBERTa code's input form (MLM
+config `input_layout='official'`): no template text and no mask token, the
+template's fields each ended by the end token, `<bos> a <end> [b <end>]`; the
+backbone puts the mask in front (ptransfer.backbones.mlm docstring).
 
 Mixtures by type: `<type>_mix__<vocab_key>__<eos|noeos>` over the paper's
 tasks of that type, equal rates.
@@ -38,7 +42,7 @@ from ptransfer.core.vocab import check_single_token_label_words
 from tasks import corpora, external, release_files, validation
 from tasks.metrics import seqio_metric_fns
 from tasks.sources import asset_cache_dir, resolve_data_dir
-from tasks.specs import MASK_SLOT, TaskSpec, get_spec, tasks_of_type
+from tasks.specs import MASK_SLOT, TaskSpec, get_spec, tasks_of_type, template_fields
 
 VERBALIZER_ERROR = "is outside the verbalizer"  # marker of label range errors
 
@@ -50,16 +54,19 @@ class MlmIds:
     bos_id: int
     mask_id: int
     eos_id: int
+    layout: str = "ptransfer"  # or "official" (module docstring)
 
     @classmethod
     def of(cls, obj) -> "MlmIds":
         """From MlmIds, a mapping or an object (e.g. an MLM config) with
-        bos_id, mask_id and eos_id."""
+        bos_id, mask_id and eos_id (and optionally input_layout)."""
         if isinstance(obj, cls):
             return obj
         get = obj.get if isinstance(obj, dict) else functools.partial(getattr, obj)
         try:
-            return cls(int(get("bos_id")), int(get("mask_id")), int(get("eos_id")))
+            layout = (obj.get("input_layout", "ptransfer") if isinstance(obj, dict)
+                      else getattr(obj, "input_layout", "ptransfer"))
+            return cls(int(get("bos_id")), int(get("mask_id")), int(get("eos_id")), str(layout))
         except (AttributeError, KeyError, TypeError):
             raise ConfigError(f"mlm={obj!r} must give bos_id, mask_id and eos_id (e.g. the MLM "
                               "backbone's config).") from None
@@ -110,6 +117,8 @@ def seqio_task_name(name: str, vocabulary, *, add_eos: bool, mlm=None,
     if mlm is not None:
         ids = MlmIds.of(mlm)
         out += f"__mlm{ids.bos_id}_{ids.mask_id}_{ids.eos_id}"
+        if ids.layout == "official":
+            out += "o"
     return out
 
 
@@ -228,12 +237,13 @@ def checked_label(spec: TaskSpec, label: tf.Tensor, words) -> tf.Tensor:
 
 
 def format_examples(dataset: tf.data.Dataset, *, spec: TaskSpec, mlm: bool,
-                    target_delimiter: str = "") -> tf.data.Dataset:
+                    target_delimiter: str = "", official: bool = False) -> tf.data.Dataset:
     """Raw source examples -> {inputs, targets (text), label | answers}.
 
     MLM form: `inputs` is split into `inputs_prefix` / `inputs_suffix` around
-    the mask slot (tokenized by `tokenize_mlm`). `target_delimiter` goes before
-    every target text (not before the `answers` references).
+    the mask slot (tokenized by `tokenize_mlm`); with `official`, into
+    `inputs_field_<i>`, the MLM template's fields without its text. `target_delimiter`
+    goes before every target text (not before the `answers` references).
     """
     if spec.drop_labels:
         drops = tf.constant(spec.drop_labels, tf.int64)
@@ -251,7 +261,10 @@ def format_examples(dataset: tf.data.Dataset, *, spec: TaskSpec, mlm: bool,
     @tf.autograph.experimental.do_not_convert  # no tensor-dependent Python flow: skip autograph
     def fn(ex):
         out = {}
-        if mlm:
+        if mlm and official:
+            for i, field in enumerate(template_fields(spec.mlm_template)):
+                out[f"inputs_field_{i}"] = tf.strings.strip(_get(ex, field))
+        elif mlm:
             before, after = spec.mlm_template.split(MASK_SLOT, 1)
             out["inputs_prefix"] = tf.strings.regex_replace(_render(before, ex), r"\s+$", "")
             out["inputs_suffix"] = _render(after, ex)
@@ -273,9 +286,23 @@ def format_examples(dataset: tf.data.Dataset, *, spec: TaskSpec, mlm: bool,
 
 
 def tokenize_mlm(dataset: tf.data.Dataset, output_features, *, ids: MlmIds) -> tf.data.Dataset:
-    """inputs = [bos] prefix [mask] suffix [end]; targets = the label word's tokens."""
+    """inputs = [bos] prefix [mask] suffix [end] ('official' layout: [bos] field
+    [end] per field); targets = the label word's tokens."""
     vocab = output_features["inputs"].vocabulary
     target_vocab = output_features["targets"].vocabulary
+
+    @tf.autograph.experimental.do_not_convert
+    def official(ex):  # <bos> a <end> [b <end>] (the official code's formatters)
+        ex = dict(ex)
+        fields = [ex.pop(k) for k in sorted(k for k in list(ex) if k.startswith("inputs_field_"))]
+        parts = [[ids.bos_id]]
+        for text in fields:
+            parts += [tf.cast(vocab.encode_tf(text), tf.int32), [ids.eos_id]]
+        ex["inputs_pretokenized"] = tf.strings.join(fields, separator=" | ")
+        ex["inputs"] = tf.concat(parts, axis=0)
+        ex["targets_pretokenized"] = ex["targets"]
+        ex["targets"] = tf.cast(target_vocab.encode_tf(ex["targets"]), tf.int32)
+        return ex
 
     @tf.autograph.experimental.do_not_convert
     def fn(ex):
@@ -289,7 +316,8 @@ def tokenize_mlm(dataset: tf.data.Dataset, output_features, *, ids: MlmIds) -> t
         ex["targets"] = tf.cast(target_vocab.encode_tf(ex["targets"]), tf.int32)
         return ex
 
-    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(official if ids.layout == "official" else fn,
+                       num_parallel_calls=tf.data.AUTOTUNE)
 
 
 # ---- registration ------------------------------------------------------------------
@@ -384,7 +412,8 @@ def get_task(name, vocabulary: seqio.Vocabulary, *, add_eos: bool, data_dir: str
         source=make_source(spec, want.data_dir, want.cache_dir),
         output_features=output_features,
         preprocessors=[functools.partial(format_examples, spec=spec, mlm=ids is not None,
-                                         target_delimiter=target_delimiter),
+                                         target_delimiter=target_delimiter,
+                                         official=ids is not None and ids.layout == "official"),
                        *tokenize],
         postprocess_fn=functools.partial(_postprocess, spec=spec),
         metric_fns=seqio_metric_fns(spec),

@@ -8,6 +8,12 @@ Spec forms:
   gguf:<file>                    a GGUF file (`general.architecture` llama or gemma3)
 
 `{cache}` in a spec stands for the offline asset cache (`ptransfer assets fetch`).
+
+Options follow the spec after `?`, `&`-separated: `hf:/ckpt/roberta_base?input_layout=official`.
+  input_layout=ptransfer|official  masked LMs only: the input layout (`mlm.INPUT_LAYOUTS`,
+                                   the mlm module docstring); 'official' is the official
+                                   RoBERTa code's, and the backbone's name gets '+official'
+                                   so its bank entries stay apart from the default layout's.
 """
 
 from __future__ import annotations
@@ -110,13 +116,34 @@ def configure_backbone(backbone, *, compute_dtype=None, remat=None):
     return variant
 
 
+SPEC_OPTIONS = {"input_layout": ("mlm",)}  # option -> the families that take it
+
+
+def split_spec_options(spec: str) -> tuple[str, dict[str, str]]:
+    """(the spec without its `?options`, {option: value}); one ConfigError for an
+    unknown option or one without a value."""
+    base, sep, query = spec.partition("?")
+    if not sep:
+        return spec, {}
+    options = {}
+    for item in query.split("&"):
+        key, eq, value = item.partition("=")
+        if key not in SPEC_OPTIONS or not eq or not value:
+            raise ConfigError(f"backbone spec {spec!r}: option {item!r} is not understood; "
+                              f"options are {', '.join(k + '=VALUE' for k in SPEC_OPTIONS)} "
+                              "(e.g. hf:/path/roberta_base?input_layout=official)."
+                              + close_matches_hint(key, SPEC_OPTIONS))
+        options[key] = value
+    return base, options
+
+
 def resolve_backbone_spec(spec: str) -> str:
     """Expands `{cache}` (the offline asset cache) in a backbone spec; a CheckpointError
     when the file it names is not there."""
     if "{cache}" not in spec:
         return spec
     out = spec.replace("{cache}", assets.cache_dir())
-    path = out.partition(":")[2]
+    path = split_spec_options(out)[0].partition(":")[2]
     if path and not os.path.exists(path):
         raise CheckpointError(f"{path} is not in the asset cache; run `ptransfer assets fetch` "
                               "(or set PTRANSFER_CACHE to where the assets are).")
@@ -128,7 +155,7 @@ def family_of_spec(spec) -> str | None:
     (None when the spec does not say)."""
     if not isinstance(spec, str) or ":" not in spec:
         return None
-    kind, _, rest = spec.partition(":")
+    kind, _, rest = split_spec_options(spec)[0].partition(":")
     if kind == "gguf":
         try:
             return GGUF_ARCHITECTURES.get(architecture_of(rest.replace("{cache}", assets.cache_dir())))
@@ -156,7 +183,7 @@ def d_model_of_spec(spec: str) -> int:
     config.json); otherwise the model is loaded. CheckpointError/ConfigError as
     load_backbone."""
     spec = check_backbone_spec(spec)
-    kind, _, rest = spec.partition(":")
+    kind, _, rest = split_spec_options(spec)[0].partition(":")
     preset = rest.partition(":")[0] if kind == "t5x" else rest if kind == "preset" else None
     if preset is not None:
         presets = all_presets()
@@ -232,7 +259,8 @@ def check_backbone_spec(spec) -> str:
     if not isinstance(spec, str):
         raise ConfigError(f"backbone spec {spec!r} must be a string such as 'preset:t5_tiny'.")
     spec = resolve_backbone_spec(spec)
-    kind, sep, rest = spec.partition(":")
+    base, options = split_spec_options(spec)
+    kind, sep, rest = base.partition(":")
     if not sep or not rest:
         raise ConfigError(f"backbone spec {spec!r} has no form; use preset:<name>, hf:<dir>, "
                           "t5x:<preset>:<dir> or gguf:<file>.")
@@ -249,11 +277,27 @@ def check_backbone_spec(spec) -> str:
     elif kind != "gguf":
         raise ConfigError(f"backbone spec {spec!r}: unknown form {kind!r}; use preset:, hf:, "
                           "t5x: or gguf:.")
+    if options:
+        family = family_of_spec(base)
+        for key in options:
+            if family not in SPEC_OPTIONS[key]:
+                raise ConfigError(f"backbone spec {spec!r}: option {key!r} applies to "
+                                  f"{'/'.join(SPEC_OPTIONS[key])} backbones only, not to this "
+                                  f"{family or 'unknown'} one; drop it.")
+        if "input_layout" in options:
+            _family("mlm").check_input_layout(options["input_layout"])
     return spec
 
 
 def _load(spec: str, *, dtype, mesh, seed: int):
-    spec = check_backbone_spec(spec)
+    base, options = split_spec_options(check_backbone_spec(spec))
+    backbone = _load_base(base, dtype=dtype, mesh=mesh, seed=seed)
+    if "input_layout" in options:
+        backbone = _family("mlm").with_input_layout(backbone, options["input_layout"])
+    return backbone
+
+
+def _load_base(spec: str, *, dtype, mesh, seed: int):
     kind, _, rest = spec.partition(":")
     kw = dict(dtype=dtype, mesh=mesh)
     if kind == "preset":

@@ -26,8 +26,8 @@ Inputs and the prompt (the choices every caller relies on):
     the token-type-0 embedding and a position embedding: the start token takes
     the first position, the prompt the next P, the text the rest. This is what
     HF computes when given `inputs_embeds = [emb(CLS), prompt, emb(text)]`
-    (RoBERTa: sequential positions from padding_idx + 1; BERT: from 0), and the
-    official code likewise gives prompt tokens ordinary positions.
+    (RoBERTa: sequential positions from padding_idx + 1; BERT: from 0). (The
+    official code's layout differs; it is the 'official' input layout below.)
   * Position ids come from `inputs_mask` (RoBERTa: padding_idx + rank, pads
     keep padding_idx; BERT: rank from 0), so left padding never changes a
     result. Internally the columns are laid out [prompt, inputs]; an encoder
@@ -43,6 +43,36 @@ Inputs and the prompt (the choices every caller relies on):
     setting for RoBERTa (mask position, all layers, activation > 0).
   * This family does not generate: `greedy_decode` raises ConfigError, so
     QA / summarization tasks are not served by it.
+
+Input layouts (`MlmConfig.input_layout`; the bullets above are 'ptransfer',
+the default). 'official' is the layout of the paper's official RoBERTa code
+(thunlp/Prompt-Transferability, Prompt-Transferability-1.0:
+formatter/SST2PromptRobertaFormatter.py builds `prompt ids + <s> text </s>`,
+model/modelling_roberta.py `RobertaEmbeddings.forward` writes the <mask>
+embedding into prompt slot 0 and zeroes the position embeddings of the prompt
+columns, model/PromptRoberta.py reads `logits[:, 0]`). How they differ:
+
+    ptransfer:  <s> [p_0 .. p_P-1] {template text with <mask>} </s>
+    official:   [<mask> p_1 .. p_P-1] <s> {fields} </s>
+
+  * Order: the P prompt slots come BEFORE the start token, not after it.
+  * Slot 0 holds the word embedding of <mask> instead of the prompt's row 0
+    (that row is unused: it gets no gradient and changes nothing); slots 1..P-1
+    are the prompt's rows 1..P-1. Without a prompt the layout is [<mask>] <s>
+    ... (one slot), i.e. a prompt of length 1.
+  * Position embeddings: the prompt slots get a zero vector (not the row of
+    any position id); the start token takes rank P (id P + position_offset,
+    as the official code's ids count the prompt slots), the text follows.
+    Token-type-0 embeddings and the embedding LayerNorm apply to every
+    column in both layouts.
+  * The input holds no template text and no mask token: the task's MLM
+    template fields, each ended by the end token (`<s> a </s>` or
+    `<s> a </s> b </s>`, as the official formatters; `tasks.get_task(...,
+    mlm=config)` builds it from the config's `input_layout`).
+  * The label is read at the <mask> column, which is column 0; the FFN
+    activations for ON are captured there too. `stimulus_ids()` is
+    `<s> </s>` (the mask comes with the layout).
+  Pads, left padding and the key mask are handled as in 'ptransfer'.
 
 Label words. Each task declares single-token MLM label words (RoBERTa style,
 with the leading space: " positive"); `check_single_token_label_words` refuses
@@ -100,6 +130,7 @@ log = logging.getLogger(__name__)
 
 HF_ARCHITECTURES = ("RobertaForMaskedLM", "BertForMaskedLM")
 FLAVORS = ("bert", "roberta")
+INPUT_LAYOUTS = ("ptransfer", "official")  # see the module docstring
 _INIT = nn.initializers.normal(0.02)  # BERT's initializer_range
 
 
@@ -117,6 +148,10 @@ class MlmConfig:
     dtype: compute dtype (storage dtype is chosen when loading).
     remat: rematerialization of each encoder layer in the backward pass,
       'none' | 'full' | 'dots' (see `layers.REMAT_POLICIES`).
+    input_layout: 'ptransfer' (prompt after the start token, the template's
+      mask read) or 'official' (the official code's: prompt slots before the
+      start token, <mask> in slot 0, zero position embeddings on the slots);
+      the module docstring says precisely how they differ.
     """
 
     d_model: int
@@ -135,10 +170,12 @@ class MlmConfig:
     activation: str = "gelu"
     dtype: Any = jnp.float32
     remat: str = "none"
+    input_layout: str = "ptransfer"
 
     def __post_init__(self):
         if self.flavor not in FLAVORS:
             raise ConfigError(f"MLM flavor {self.flavor!r} is unknown; use one of {FLAVORS}.")
+        check_input_layout(self.input_layout)
         if self.d_model % self.num_heads:
             raise ConfigError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}.")
         if self.activation not in ACTIVATIONS:
@@ -163,6 +200,16 @@ class MlmConfig:
     def max_length(self) -> int:
         """Most tokens (prompt included) one sequence may hold."""
         return self.max_positions - self.position_offset
+
+
+def check_input_layout(layout) -> str:
+    """`layout` if it is one of INPUT_LAYOUTS, else one ConfigError."""
+    if layout not in INPUT_LAYOUTS:
+        raise ConfigError(f"MLM input_layout {layout!r} is unknown; use one of {INPUT_LAYOUTS} "
+                          "('official': the official RoBERTa code's layout, e.g. the backbone "
+                          "spec 'hf:/path/roberta_base?input_layout=official')."
+                          + close_matches_hint(str(layout), INPUT_LAYOUTS))
+    return layout
 
 
 # Ids of the test presets' vocabulary (module docstring; `mlm_vocab.tiny_vocab`).
@@ -264,25 +311,40 @@ class MlmHead(nn.Module):
 
 
 def layout_positions(inputs_mask, prompt_len: int, config: MlmConfig):
-    """Position ids and key mask of the [prompt, inputs] column layout.
+    """Position ids and key mask of the [prompt slots, inputs] column layout.
 
     Args:
       inputs_mask: [B, Li] 1 on real tokens (left padding allowed).
     Returns:
-      position_ids int32 [B, P + Li] and key_mask bool [B, P + Li]: the start
-      token (first real input) has rank 0, the prompt ranks 1..P and the rest
-      of the text P+1...; position id = rank + config.position_offset; pads
-      get pad_id (RoBERTa) or 0 (BERT) and are masked out as keys.
+      position_ids int32 [B, P + Li] and key_mask bool [B, P + Li].
+      'ptransfer': the start token (first real input) has rank 0, the prompt
+      ranks 1..P and the rest of the text P+1...; 'official': the prompt slots
+      ranks 0..P-1, the start token P and the text P+1... (the slots' position
+      embeddings are then zeroed by the encoder). Position id = rank +
+      config.position_offset; pads get pad_id (RoBERTa) or 0 (BERT) and are
+      masked out as keys.
     """
     m = inputs_mask.astype(jnp.int32)
     b = m.shape[0]
     rank = jnp.cumsum(m, axis=1) - 1
-    rank = rank + prompt_len * (rank >= 1)
-    prompt_rank = jnp.broadcast_to(1 + jnp.arange(prompt_len, dtype=jnp.int32), (b, prompt_len))
+    if config.input_layout == "official":
+        rank = rank + prompt_len
+        first_prompt_rank = 0
+    else:
+        rank = rank + prompt_len * (rank >= 1)
+        first_prompt_rank = 1
+    prompt_rank = jnp.broadcast_to(first_prompt_rank + jnp.arange(prompt_len, dtype=jnp.int32),
+                                   (b, prompt_len))
     key_mask = jnp.concatenate([jnp.ones((b, prompt_len), bool), m.astype(bool)], axis=1)
     pos = jnp.concatenate([prompt_rank, rank], axis=1) + config.position_offset
     pad_pos = config.pad_id if config.flavor == "roberta" else 0
     return jnp.where(key_mask, pos, pad_pos).astype(jnp.int32), key_mask
+
+
+def layout_slots(prompt_len: int, config: MlmConfig) -> int:
+    """Number of prompt columns in front of the inputs: P, or at least 1 (the
+    <mask> slot) in the 'official' layout."""
+    return max(prompt_len, 1) if config.input_layout == "official" else prompt_len
 
 
 class MlmEncoder(nn.Module):
@@ -313,15 +375,26 @@ class MlmEncoder(nn.Module):
           capture_at: None or int [B] columns (of the layout) whose FFN
             activations are sown.
         Returns:
-          [B, P + Li, D].
+          [B, S + Li, D], S = layout_slots(P) prompt columns first.
         """
+        c = self.config
         words = self.token_embedder(inputs)
-        p = 0 if prompt is None else prompt.shape[1]
-        if prompt is not None:
+        official = c.input_layout == "official"
+        if official:
+            # Slot 0 is <mask>; the prompt's row 0 is replaced (official code).
+            b = inputs.shape[0]
+            mask = self.token_embedder(jnp.full((b, 1), c.mask_id, jnp.int32))
+            rest = [] if prompt is None else [prompt[:, 1:].astype(words.dtype)]
+            words = jnp.concatenate([mask.astype(words.dtype), *rest, words], axis=1)
+        elif prompt is not None:
             words = jnp.concatenate([prompt.astype(words.dtype), words], axis=1)
-        position_ids, key_mask = layout_positions(inputs_mask, p, self.config)
+        p = layout_slots(0 if prompt is None else prompt.shape[1], c)
+        position_ids, key_mask = layout_positions(inputs_mask, p, c)
         x = words + self.token_type_embedder(jnp.zeros_like(position_ids))
-        x = self.embedding_norm(x + self.position_embedder(position_ids))
+        pos = self.position_embedder(position_ids)
+        if official:  # zero position embeddings on the prompt slots
+            pos = pos * (jnp.arange(pos.shape[1]) >= p)[None, :, None].astype(pos.dtype)
+        x = self.embedding_norm(x + pos)
         bias = mask_to_bias(key_mask[:, None, None, :])
         for layer in self.layers:
             x = layer(x, bias, capture_at)
@@ -338,7 +411,7 @@ class MlmEncoder(nn.Module):
         return self.head(picked)
 
     def __call__(self, inputs, inputs_mask, prompt=None):
-        """MLM logits at every layout column: [B, P + Li, V]."""
+        """MLM logits at every layout column: [B, S + Li, V]."""
         return self.head(self.encode(inputs, inputs_mask, prompt))
 
 
@@ -409,9 +482,17 @@ class MlmBackbone(Backbone):
     def embedding_table(self, params):
         return params["token_embedder"]["embedding"]
 
-    def dummy_mlm_ids(self) -> tuple[int, int, int]:
-        """The template-free ON stimulus: (start, mask, end), i.e. '<s> <mask> </s>'."""
+    @property
+    def official_layout(self) -> bool:
+        """Whether inputs follow the official code's layout (module docstring)."""
+        return self.config.input_layout == "official"
+
+    def dummy_mlm_ids(self) -> tuple[int, ...]:
+        """The template-free ON stimulus: (start, mask, end), i.e. '<s> <mask> </s>';
+        (start, end) in the 'official' layout, whose mask slot comes with the layout."""
         c = self.config
+        if self.official_layout:
+            return (c.bos_id, c.eos_id)
         return (c.bos_id, c.mask_id, c.eos_id)
 
     def stimulus_ids(self) -> list[int]:
@@ -422,20 +503,25 @@ class MlmBackbone(Backbone):
     def _check_inputs(self, prompt, inputs, inputs_mask=None) -> None:
         """Prompt width, total length (static) and mask slots (when concrete)."""
         self.check_prompt(prompt)
-        p = prompt_length(prompt)
+        p = layout_slots(prompt_length(prompt), self.config)
         total = p + int(np.shape(inputs)[1])
         if total > self.config.max_length:
             raise ConfigError(
                 f"prompt length {p} + input length {np.shape(inputs)[1]} = {total} exceeds the "
                 f"{self.config.max_length} positions of backbone {self.name!r}; shorten the task's "
                 "max input length or the prompt.")
-        if inputs_mask is not None and _concrete(inputs) and _concrete(inputs_mask):
+        if (inputs_mask is not None and not self.official_layout and _concrete(inputs)
+                and _concrete(inputs_mask)):
             check_mask_slots(inputs, inputs_mask, self.config.mask_id)
 
     # ---- compiled cores ------------------------------------------------------------
 
     def _mask_column(self, inputs, inputs_mask, prompt_len: int):
-        """Layout column of the first mask token [B] and whether there is one [B]."""
+        """Layout column of the first mask token [B] and whether there is one [B]
+        (the 'official' layout: column 0, always)."""
+        if self.official_layout:
+            b = inputs.shape[0]
+            return jnp.zeros((b,), jnp.int32), jnp.ones((b,), bool)
         is_mask = (inputs == self.config.mask_id) & (inputs_mask > 0)
         col = jnp.argmax(is_mask, axis=1).astype(jnp.int32) + prompt_len
         return col, jnp.any(is_mask, axis=1)
@@ -461,6 +547,8 @@ class MlmBackbone(Backbone):
     def _all_logits_impl(self, params, prompt, inputs):
         prompt = batched_prompt(prompt, inputs.shape[0], activation_dtype(self.config.dtype))
         logits = self.module.apply({"params": params}, inputs, jnp.ones_like(inputs), prompt)
+        if self.official_layout:  # the layout is the input order
+            return logits
         p = prompt_length(prompt)
         # layout [prompt, start, text] -> input order [start, prompt, text]
         return jnp.concatenate([logits[:, p:p + 1], logits[:, :p], logits[:, p + 1:]], axis=1)
@@ -502,7 +590,8 @@ class MlmBackbone(Backbone):
 
     def logits(self, inputs, targets=None, prompt=None):
         """MLM logits at every position of unpadded inputs, in input order:
-        float32 [B, 1 + P + Li - 1, V] ([start, prompt, rest]). `targets` is
+        float32 [B, 1 + P + Li - 1, V] ([start, prompt, rest]); 'official'
+        layout: [B, max(P, 1) + Li, V] ([<mask>, prompt rows 1.., start, rest]). `targets` is
         accepted for the common signature and not used (an MLM reads its label
         at the mask slot)."""
         inputs = jnp.asarray(inputs, jnp.int32)
@@ -511,6 +600,23 @@ class MlmBackbone(Backbone):
 
 
 # ---- construction ------------------------------------------------------------------
+
+
+def with_input_layout(backbone: MlmBackbone, layout: str) -> MlmBackbone:
+    """`backbone` with its config's input layout set (params shared, not copied).
+    A non-default layout adds '+<layout>' to the name: prompts of one layout do
+    not serve the other, so their bank entries stay apart."""
+    check_input_layout(layout)
+    if not isinstance(backbone, MlmBackbone):
+        raise ConfigError(f"input_layout applies to masked-LM backbones only, not to "
+                          f"{backbone.name!r} (family {backbone.family!r}).")
+    if backbone.config.input_layout == layout:
+        return backbone
+    suffix = f"+{backbone.config.input_layout}"
+    base = backbone.name[:-len(suffix)] if backbone.name.endswith(suffix) else backbone.name
+    name = base if layout == "ptransfer" else f"{base}+{layout}"
+    return MlmBackbone(name=name, config=dataclasses.replace(backbone.config, input_layout=layout),
+                       params=backbone.params, vocab=backbone.vocab, axes=backbone.axes)
 
 
 @functools.lru_cache(maxsize=8)

@@ -102,6 +102,7 @@ def backbone_facts(spec: str | None) -> dict:
                  quantization=None)
     if not isinstance(spec, str) or ":" not in spec:
         return facts
+    spec = backbones.split_spec_options(spec)[0]
     kind, _, rest = spec.partition(":")
     preset = rest.partition(":")[0] if kind == "t5x" else rest if kind == "preset" else None
     if preset is not None:
