@@ -13,9 +13,9 @@ import tasks
 from ptransfer import load_backbone, scoring
 from ptransfer.bank import store as bank
 from ptransfer.cli.main import main
+from ptransfer.core import intervals
 from ptransfer.data import default_truncation, load_task
 from ptransfer.experiments.cross_model import task_groups
-from ptransfer.indicators import intervals
 from ptransfer.projector import mappers
 
 TASKS = ["mr", "tweets", "sms_spam"]  # trained on / unseen, same type / other type

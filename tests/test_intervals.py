@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
+from ptransfer.core import intervals
 from ptransfer.core.errors import ConfigError
-from ptransfer.indicators import intervals
 from tasks.metrics import accuracy, balanced_accuracy
 
 

@@ -15,9 +15,9 @@ import re
 import numpy as np
 import pytest
 
+from ptransfer.core.intervals import wilson_interval
 from ptransfer.experiments.matrix import score_intervals
 from ptransfer.experiments.speedups import speedups
-from ptransfer.indicators.intervals import wilson_interval
 from ptransfer.report import verdicts
 from ptransfer.report.markdown import write_report
 

@@ -45,12 +45,12 @@ import tasks
 from ptransfer import data, scoring
 from ptransfer.backbones import load_backbone, resolve_backbone_spec
 from ptransfer.bank import store as bank
+from ptransfer.core import intervals
 from ptransfer.core.errors import CheckpointError, ConfigError, close_matches_hint
 from ptransfer.core.fileio import write_json, write_npy
 from ptransfer.data import default_truncation, load_task
 from ptransfer.experiments.matrix import check_servable, order_by_type
 from ptransfer.experiments.tpt import run_pair
-from ptransfer.indicators import intervals
 from ptransfer.projector import mappers
 from ptransfer.projector.mappers import (
     LinComb,
@@ -574,7 +574,7 @@ def run_cross_model(bank_dir: str, source, target, cfg: CrossModelConfig, out_di
         "task_types": {t: tasks.get_spec(t).type for t in order}, "groups": groups,
         "mappers": list(cfg.mappers), "baselines": list(BASELINES),
         "settings": dataclasses.asdict(cfg),
-        "intervals": {"of": "accuracy", "method": "wilson (ptransfer.indicators.intervals)",
+        "intervals": {"of": "accuracy", "method": "wilson (ptransfer.core.intervals)",
                       "level": 0.95,
                       "n": "evaluation examples of the task (seeds averaged first)"},
         "relative_performance": "score / score of the target's own bank prompt(s) of the task",

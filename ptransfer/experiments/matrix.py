@@ -44,9 +44,9 @@ import numpy as np
 import tasks
 from ptransfer import scoring
 from ptransfer.bank import store as bank
+from ptransfer.core import intervals
 from ptransfer.core.errors import ConfigError
 from ptransfer.data import default_truncation, load_task
-from ptransfer.indicators import intervals
 from ptransfer.prompts import random_prompt_like
 from tasks.specs import TYPES
 

@@ -46,7 +46,7 @@ import statistics
 from typing import Iterable, Sequence
 
 from ptransfer.core.errors import ConfigError, DataError
-from ptransfer.indicators.intervals import binomial_se
+from ptransfer.core.intervals import binomial_se
 
 Curve = Sequence[tuple[int, float]]
 

@@ -38,7 +38,7 @@ import numpy as np
 from scipy import stats
 
 from ptransfer.core.errors import ConfigError
-from ptransfer.indicators.intervals import CONFIDENCE, RESAMPLES, percentile_interval
+from ptransfer.core.intervals import CONFIDENCE, RESAMPLES, percentile_interval
 
 
 def average_ranks(x) -> np.ndarray:

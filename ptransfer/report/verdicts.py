@@ -28,7 +28,7 @@ from statistics import mean
 import numpy as np
 from scipy import stats
 
-from ptransfer.indicators import intervals
+from ptransfer.core import intervals
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 Z95 = 1.959963984540054
