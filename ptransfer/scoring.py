@@ -14,11 +14,17 @@ stack of K prompts `[K, L, D]` in one call (`jax.lax.map` over chunks of
 
 An `EvalSet` is a fixed, ordered subset of a split converted once to padded
 arrays, so every evaluation in a run sees the same examples.
+
+`Scorer.evaluate_full` also returns what the metrics were computed from (the
+[N, C] label-word scores and the per-example predictions), at no extra forward
+pass: `evaluation_intervals` turns them into the 95% intervals of accuracy and
+balanced accuracy, and `write_predictions` into one JSON line per example.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from typing import Any, Mapping, Sequence
@@ -27,7 +33,7 @@ import jax
 import numpy as np
 
 from ptransfer import data
-from ptransfer.core import sharding
+from ptransfer.core import fileio, intervals, sharding
 from ptransfer.core.errors import ConfigError, DataError
 from tasks import compute_metrics
 
@@ -45,6 +51,8 @@ class EvalSet:
     candidates(_mask):     int32 [C, Lt] label-word targets (classification)
     references:            per-example gold answers / target texts (generation)
     max_decode_len:        greedy decoding length (generation)
+    indices:               int [N] each example's position in the split's fixed
+                           order (None: the first N, 0..N-1)
     """
 
     spec: Any
@@ -56,11 +64,17 @@ class EvalSet:
     candidates_mask: np.ndarray | None = None
     references: Sequence[Any] = ()
     max_decode_len: int = 32
+    indices: np.ndarray | None = None
 
     def __post_init__(self):
         if len(self.inputs) == 0:
             raise DataError(f"task {self.task!r} split {self.split!r} has no examples to evaluate "
                             "on; check the split name and the data (`ptransfer tasks`).")
+
+    @property
+    def split_indices(self) -> np.ndarray:
+        """int [N]: each example's position in the split."""
+        return np.arange(self.size) if self.indices is None else np.asarray(self.indices)
 
     @property
     def task(self) -> str:
@@ -139,10 +153,11 @@ def build_eval_set(task, spec, backbone, split: str, max_examples: int | None,
     if n == 0:
         raise DataError(f"task {spec.name!r} split {split!r} has no examples to evaluate on.")
     arrays = {k: np.concatenate(v)[:want] for k, v in rows.items()}
+    kw: dict[str, Any] = {}
     if stratify:
         keep = stratified_indices(arrays["label"], int(max_examples), subset_seed)
         arrays = {k: v[keep] for k, v in arrays.items()}
-    kw: dict[str, Any] = {}
+        kw["indices"] = keep.astype(np.int64)
     if spec.is_classification:
         kw["labels"] = arrays["label"].astype(np.int32)
         kw["candidates"], kw["candidates_mask"] = data.label_candidates(
@@ -279,15 +294,21 @@ class Scorer:
 
     def evaluate(self, prompt, eval_set: EvalSet) -> dict[str, float]:
         """The task's metrics for one prompt (None: no prompt)."""
+        return self.evaluate_full(prompt, eval_set).metrics
+
+    def evaluate_full(self, prompt, eval_set: EvalSet) -> "Evaluation":
+        """The task's metrics for one prompt with the scores and predictions behind them."""
         t0 = time.perf_counter()
         if eval_set.is_classification:
-            metrics = self.metrics_from_scores(self.candidate_log_likelihoods(prompt, eval_set),
-                                               eval_set)
+            scores = self.candidate_log_likelihoods(prompt, eval_set)
+            out = Evaluation(self.metrics_from_scores(scores, eval_set),
+                             np.argmax(scores, axis=-1), scores)
         else:
-            metrics = self._generation_metrics(self.decode(prompt, eval_set), eval_set)
+            texts = self._decoded_texts(self.decode(prompt, eval_set))
+            out = Evaluation(self._text_metrics(texts, eval_set), texts)
         log.debug("eval %s/%s (%d examples) in %.2fs", eval_set.task, eval_set.split,
                   eval_set.size, time.perf_counter() - t0)
-        return metrics
+        return out
 
     def evaluate_stack(self, prompts, eval_set: EvalSet) -> list[dict[str, float]]:
         """The task's metrics for each prompt of a stack [K, L, D]."""
@@ -296,8 +317,59 @@ class Scorer:
             return [self.metrics_from_scores(s, eval_set) for s in scores]
         return [self.evaluate(p, eval_set) for p in np.asarray(prompts)]
 
-    def _generation_metrics(self, ids: np.ndarray, eval_set: EvalSet) -> dict[str, float]:
+    def _decoded_texts(self, ids: np.ndarray) -> list[str]:
         vocab = self.backbone.vocab
-        predictions = [vocab.decode([int(t) for t in row if t > 0]).strip() for row in ids]
+        return [vocab.decode([int(t) for t in row if t > 0]).strip() for row in ids]
+
+    @staticmethod
+    def _text_metrics(texts: Sequence[str], eval_set: EvalSet) -> dict[str, float]:
         return {k: float(v) for k, v in
-                compute_metrics(eval_set.spec, list(eval_set.references), predictions).items()}
+                compute_metrics(eval_set.spec, list(eval_set.references), list(texts)).items()}
+
+
+# ---- per-example results -----------------------------------------------------
+
+@dataclasses.dataclass
+class Evaluation:
+    """One prompt's evaluation on an EvalSet.
+
+    metrics:      the task's metrics (0-100)
+    predictions:  int [N] predicted label index (classification; argmax of
+                  `scores`), or the N decoded texts (generation)
+    scores:       float32 [N, C] label-word log-likelihoods (classification), else None
+    """
+
+    metrics: dict[str, float]
+    predictions: Any
+    scores: np.ndarray | None = None
+
+
+def evaluation_intervals(evaluation: Evaluation, eval_set: EvalSet, *,
+                         seed: int = 0) -> dict[str, list[float] | None]:
+    """{accuracy_ci, balanced_accuracy_ci} [low, high] (95%) of a classification
+    evaluation: Wilson for accuracy, a seeded bootstrap over the examples
+    (`intervals.RESAMPLES` resamples) for balanced accuracy; {} for generation."""
+    if not eval_set.is_classification:
+        return {}
+    return intervals.classification_intervals(eval_set.labels, evaluation.predictions, seed=seed)
+
+
+def prediction_rows(evaluation: Evaluation, eval_set: EvalSet) -> list[dict]:
+    """One dict per example: index (in the split), label, prediction, scores
+    (classification: label indices and the label words' log-likelihoods [C]);
+    index, reference, prediction text (generation)."""
+    index = eval_set.split_indices
+    if eval_set.is_classification:
+        return [{"index": int(i), "label": int(y), "prediction": int(p),
+                 "scores": [float(v) for v in s]}
+                for i, y, p, s in zip(index, eval_set.labels, evaluation.predictions,
+                                      evaluation.scores)]
+    return [{"index": int(i), "reference": r, "prediction": p}
+            for i, r, p in zip(index, eval_set.references, evaluation.predictions)]
+
+
+def write_predictions(path: str, evaluation: Evaluation, eval_set: EvalSet) -> None:
+    """`prediction_rows` as JSON lines at `path`, written atomically."""
+    with fileio.atomic_open(path, "w") as f:
+        for row in prediction_rows(evaluation, eval_set):
+            f.write(json.dumps(row, sort_keys=True) + "\n")

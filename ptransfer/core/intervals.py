@@ -17,6 +17,9 @@ as (low, high) on the same scale.
                          both prompts were scored on the SAME examples: each
                          resample draws one index set for both (a paired
                          bootstrap), so their shared example noise cancels.
+  classification_intervals  {accuracy_ci, balanced_accuracy_ci} of one
+                         evaluation (Wilson; seeded bootstrap), as every
+                         evaluation of the trainer and `ptransfer eval` reports.
 
 `batched_metric(name)` gives vectorized metrics over the last axis:
 labels [..., n], predictions [..., n] -> [...]. Balanced accuracy is the mean
@@ -162,3 +165,20 @@ def ratio_interval(metric: str, labels, numerator, denominator, *, resamples: in
     (`ratio_replicates`; a resample whose denominator is 0 is dropped)."""
     return percentile_interval(ratio_replicates(metric, labels, numerator, denominator,
                                                 resamples=resamples, seed=seed), confidence)
+
+
+def classification_intervals(labels, predictions, *, resamples: int = RESAMPLES, seed: int = 0,
+                             confidence: float = CONFIDENCE) -> dict[str, list[float] | None]:
+    """{accuracy_ci, balanced_accuracy_ci}: [low, high] of one evaluation's scores.
+
+    labels [n], predictions [n] (or [R, n], R runs on the same examples averaged).
+    Accuracy: the Wilson interval of the (run-mean) number correct out of n;
+    balanced accuracy: the seeded percentile bootstrap over the n examples
+    (`metric_interval`). None where an interval has no finite replicate.
+    """
+    labels, preds = _as_runs(labels, predictions)
+    correct = float(np.mean(preds == labels[None])) * labels.size
+    bal = metric_interval("balanced_accuracy", labels, preds, resamples=resamples, seed=seed,
+                          confidence=confidence)
+    return {"accuracy_ci": list(wilson_interval(correct, labels.size, confidence)),
+            "balanced_accuracy_ci": None if bal is None else [bal[0], bal[1]]}

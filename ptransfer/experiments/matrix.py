@@ -210,11 +210,8 @@ def _cell_intervals(labels, predictions, seed: int) -> dict:
     preds = np.atleast_2d(np.asarray(predictions))
     acc = float(np.mean(preds == labels[None]))
     bal = float(np.mean([intervals.batched_balanced_accuracy(labels, p) for p in preds]))
-    return {"accuracy": 100.0 * acc,
-            "accuracy_ci": _ci(intervals.wilson_interval(acc * labels.size, labels.size)),
-            "balanced_accuracy": bal,
-            "balanced_accuracy_ci": _ci(intervals.metric_interval("balanced_accuracy", labels,
-                                                                   preds, seed=seed))}
+    return {"accuracy": 100.0 * acc, "balanced_accuracy": bal,
+            **intervals.classification_intervals(labels, preds, seed=seed)}
 
 
 def score_intervals(per_example: dict, metric: dict[str, str], *, seed: int = 0,

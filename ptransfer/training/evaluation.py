@@ -1,4 +1,15 @@
-"""`ptransfer eval`: score one prompt (or none) on a task split with the task's metrics."""
+"""`ptransfer eval`: score one prompt (or none) on a task split with the task's metrics.
+
+The result (returned, printed, and written to `output` when set) is
+{task, split, backbone, prompt, examples, metrics, intervals, seconds}; for a
+classification task `intervals` holds accuracy_ci (Wilson) and
+balanced_accuracy_ci (seeded bootstrap over the examples), the 95% intervals
+of `scoring.evaluation_intervals`, with how they were computed. With
+`predictions` set, every example's result goes to that JSON-lines file
+(`scoring.prediction_rows`: index in the split, label, prediction, the label
+words' log-likelihoods), written atomically, so intervals and paired
+comparisons of prompts can be recomputed from it.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +23,7 @@ import numpy as np
 import tasks
 from ptransfer import data, prompts, scoring
 from ptransfer.backbones import load_backbone, resolve_backbone_spec
-from ptransfer.core import fileio, sharding
+from ptransfer.core import fileio, intervals, sharding
 from ptransfer.core.configurable import build_configurable
 from ptransfer.core.errors import ConfigError
 from ptransfer.data import default_truncation, load_task
@@ -26,6 +37,8 @@ class EvalConfig:
     prompt: None (no prompt), a path (.npy, bank entry, PEFT adapter dir), or
       any INIT_FROM spec ('random', 'vocab', 'file:...', 'projected:...'); a
       generated baseline uses `prompt_length` and `seed`.
+    output: also write the result JSON here.
+    predictions: also write one JSON line per evaluation example here (.jsonl).
     """
 
     backbone: str
@@ -45,6 +58,10 @@ class EvalConfig:
     mesh_model: int = 1
     data_dir: str | None = None
     output: str | None = None
+    predictions: str | None = None
+
+
+INTERVAL_SEED = 0  # the bootstrap's seed: the same predictions give the same interval
 
 
 def build_eval_config() -> EvalConfig:
@@ -65,7 +82,8 @@ def resolve_prompt(spec: str | None, backbone, prompt_length: int, seed: int = 0
 
 
 def run_eval(cfg: EvalConfig, *, backbone=None) -> dict:
-    """Evaluates and returns {task, split, backbone, prompt, examples, metrics, seconds}."""
+    """Evaluates and returns {task, split, backbone, prompt, examples, metrics, intervals,
+    seconds} (see the module docstring)."""
     import jax.numpy as jnp
 
     if cfg.batch_size <= 0 or cfg.input_length <= 0 or cfg.target_length <= 0:
@@ -87,11 +105,25 @@ def run_eval(cfg: EvalConfig, *, backbone=None) -> dict:
                                       truncate_inputs=cfg.truncate_inputs or default_truncation(backbone),
                                       mlm=mlm, subset=cfg.eval_subset)
     scorer = scoring.Scorer(backbone, params=params, batch_size=cfg.batch_size, mesh=mesh)
-    metrics = scorer.evaluate(prompt, eval_set)
+    evaluation = scorer.evaluate_full(prompt, eval_set)
+    cis = scoring.evaluation_intervals(evaluation, eval_set, seed=INTERVAL_SEED)
+    if cis:
+        cis = {**cis, "confidence": intervals.CONFIDENCE, "resamples": intervals.RESAMPLES,
+               "seed": INTERVAL_SEED, "method": "accuracy: Wilson; balanced accuracy: "
+                                                "percentile bootstrap over the examples"}
     result = {"task": cfg.task, "split": cfg.split, "backbone": backbone.name,
-              "prompt": cfg.prompt, "examples": eval_set.size, "metrics": metrics,
-              "seconds": round(time.perf_counter() - t0, 3)}
+              "prompt": cfg.prompt, "examples": eval_set.size, "metrics": evaluation.metrics,
+              "intervals": cis, "seconds": round(time.perf_counter() - t0, 3)}
+    if cfg.predictions:
+        _make_parent(cfg.predictions)
+        scoring.write_predictions(cfg.predictions, evaluation, eval_set)
+        result["predictions"] = cfg.predictions
     if cfg.output:
-        os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
+        _make_parent(cfg.output)
         fileio.write_json(cfg.output, result, sort_keys=True)
     return result
+
+
+def _make_parent(path: str) -> None:
+    if not fileio.is_remote(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

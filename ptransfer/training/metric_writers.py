@@ -1,7 +1,10 @@
 """Where a run's numbers go: metrics.jsonl (the eval curve), TensorBoard, progress lines.
 
 `metrics.jsonl` in the model dir holds one JSON object per evaluation
-(`{"step": 10, "accuracy": 0.8, ...}`); on resume the lines after the
+(`{"step": 10, "accuracy": 80.0, "accuracy_ci": [68.2, 88.3], ...}`; a
+classification task's line carries the 95% intervals `accuracy_ci` (Wilson)
+and `balanced_accuracy_ci` (seeded bootstrap over the examples),
+`scoring.evaluation_intervals`); on resume the lines after the
 restored step are dropped, so the file always matches the checkpoint and the
 bank entry gets the whole, unduplicated curve. TensorBoard events go to
 `<model_dir>/tb/{train,eval}` (tensorboardX), purged past the restored step;

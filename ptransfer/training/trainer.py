@@ -125,7 +125,9 @@ class TrainConfig:
     batch_size:        global batch (split over the mesh's 'data' axis and hosts)
     train_steps:       total optimizer steps (a resumed run continues up to it)
     eval_every:        evaluate every N steps (0: only at the end); also at step 0
-                       when `eval_at_start`
+                       when `eval_at_start`. Each evaluation's metrics.jsonl line
+                       carries accuracy_ci / balanced_accuracy_ci, the 95% intervals
+                       (classification; from the same forward pass)
     eval_examples:     size of the fixed validation subset (None: the whole split)
     eval_subset:       'stratified' (a seeded stratified sample of the split, default) or
                        'first' (its first eval_examples); see `scoring.build_eval_set`
@@ -603,7 +605,9 @@ class Trainer:
         def evaluate(at_step, loss=None):
             nonlocal best_score, best_step, best_prompt, best_opt_state, eval_seconds
             t_eval = time.perf_counter()
-            metrics = scorer.evaluate(prompt, eval_set)
+            result = scorer.evaluate_full(prompt, eval_set)
+            metrics = result.metrics
+            cis = scoring.evaluation_intervals(result, eval_set) if writer_on else {}
             eval_seconds += time.perf_counter() - t_eval
             if metric not in metrics:
                 raise ConfigError(f"best_metric {metric!r} is not among the task's metrics "
@@ -614,7 +618,7 @@ class Trainer:
                 best_score, best_step, best_prompt = score, at_step, jnp.copy(prompt)
                 best_opt_state = _copy_tree(opt_state)
             if writer_on:
-                rec = {"step": at_step, **{k: float(v) for k, v in metrics.items()}}
+                rec = {"step": at_step, **{k: float(v) for k, v in metrics.items()}, **cis}
                 if loss is not None:
                     rec["loss"] = float(loss)
                 curve.append(rec)
