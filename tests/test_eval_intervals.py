@@ -46,13 +46,13 @@ def test_intervals_and_predictions_file_agree_with_numpy(data_dir, tmp_path, mon
     register_tiny_yesno(monkeypatch)
     bb = backbone("llama_tiny")
     cfg = TrainConfig(backbone="preset:llama_tiny", task="tiny_yesno", model_dir=str(tmp_path / "run"),
-                      prompt_length=4, init_from="vocab", batch_size=8, train_steps=4,
+                      prompt_length=4, init_from="vocab", batch_size=8, train_steps=9,
                       optimizer=OptimizerConfig(name="adamw", learning_rate=0.1, weight_decay=0.0),
-                      input_length=8, target_length=4, eval_split="train", eval_every=2,
+                      input_length=8, target_length=4, eval_split="train", eval_every=3, eval_schedule="log",
                       eval_examples=N_EVAL, checkpoint_every=0, data_dir=data_dir, progress=False)
     result = Trainer(cfg, backbone=bb).run()
     lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines] == [0, 2, 4]
+    assert [r["step"] for r in lines] == [0, 2, 4, 9]  # log-spaced: 9 ** (k / 3) = 2.08, 4.33, 9
     assert all(len(r["accuracy_ci"]) == 2 and len(r["balanced_accuracy_ci"]) == 2 for r in lines)
 
     # The final prompt evaluated again by `ptransfer eval`, with its predictions file.
@@ -119,3 +119,19 @@ def test_classification_intervals_match_numpy_on_mixed_predictions():
     np.testing.assert_allclose(got["balanced_accuracy_ci"],
                                bootstrap_balanced(labels, preds, seed=5), rtol=1e-9)
     assert got["balanced_accuracy_ci"][1] - got["balanced_accuracy_ci"][0] > 10
+
+
+def test_evaluation_schedules_hand_computed():
+    from ptransfer.core.errors import ConfigError
+    from ptransfer.training.trainer import evaluation_steps
+
+    assert evaluation_steps(100, 25) == {25, 50, 75, 100}
+    # 100 ** (k / 4): 3.16, 10, 31.6, 100
+    assert evaluation_steps(100, 25, "log") == {3, 10, 32, 100}
+    assert evaluation_steps(10, 4) == {4, 8, 10}            # the final step always
+    assert evaluation_steps(10, 4, "log") == {3, 10}        # 10 ** (1 / 2) = 3.16
+    assert evaluation_steps(10, 20, "log") == {10}
+    assert evaluation_steps(10, 0, "log") == set()
+    with pytest.raises(ConfigError, match="eval_schedule"):
+        TrainConfig(backbone="preset:t5_tiny", task="justice", model_dir="/tmp/x", prompt_length=1,
+                    init_from="vocab", batch_size=1, train_steps=1, eval_schedule="cosine").validate()

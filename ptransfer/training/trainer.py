@@ -98,6 +98,7 @@ log = logging.getLogger(__name__)
 
 
 LOSSES = ("lm", "verbalizer")
+EVAL_SCHEDULES = ("uniform", "log")
 INIT_OPTIMIZERS = ("fresh", "source")
 # balance_classes='auto' balances a task whose largest training class holds more than
 # this many times the examples of its smallest (tweets 2.3, sms_spam 7.2, trec 14.7;
@@ -124,10 +125,13 @@ class TrainConfig:
     init_from:         prompt initializer spec (see `ptransfer.prompts`)
     batch_size:        global batch (split over the mesh's 'data' axis and hosts)
     train_steps:       total optimizer steps (a resumed run continues up to it)
-    eval_every:        evaluate every N steps (0: only at the end); also at step 0
+    eval_every:        evaluate every N steps (0: never); also at step 0
                        when `eval_at_start`. Each evaluation's metrics.jsonl line
                        carries accuracy_ci / balanced_accuracy_ci, the 95% intervals
                        (classification; from the same forward pass)
+    eval_schedule:     'uniform' (every eval_every steps, default) or 'log' (as many
+                       evaluations, log-spaced, where curves move most; see
+                       `evaluation_steps`); the final step is always evaluated
     eval_examples:     size of the fixed validation subset (None: the whole split)
     eval_subset:       'stratified' (a seeded stratified sample of the split, default) or
                        'first' (its first eval_examples); see `scoring.build_eval_set`
@@ -190,6 +194,7 @@ class TrainConfig:
     eval_split: str = "validation"
     eval_every: int = 100
     eval_at_start: bool = True
+    eval_schedule: str = "uniform"
     eval_examples: int | None = 256
     eval_subset: str = "stratified"
     eval_batch_size: int | None = None
@@ -236,6 +241,9 @@ class TrainConfig:
             raise ConfigError(f"balance_classes {self.balance_classes!r}: use True, False or "
                               "'auto' (balanced exactly where the task's known class counts "
                               "are skewed).")
+        if self.eval_schedule not in EVAL_SCHEDULES:
+            raise ConfigError(f"eval_schedule {self.eval_schedule!r}: use one of "
+                              f"{EVAL_SCHEDULES}.")
         if self.export not in ("best", "final"):
             raise ConfigError(f"export {self.export!r}: use 'best' or 'final'.")
         if not self.model_dir:
@@ -310,6 +318,24 @@ class TrainResult:
 
 
 # ---- pieces ------------------------------------------------------------------
+
+def evaluation_steps(train_steps: int, eval_every: int, schedule: str = "uniform") -> set[int]:
+    """The steps after which the run evaluates (step 0 is `eval_at_start`'s).
+
+    'uniform': every multiple of eval_every, and train_steps.
+    'log': the same number of evaluations n = max(1, train_steps // eval_every),
+      at round(train_steps ** (k / n)) for k = 1..n (log-spaced from step 1 to
+      train_steps; coinciding steps merge). E.g. 100 steps, eval_every 25:
+      uniform {25, 50, 75, 100}, log {3, 10, 32, 100}.
+    eval_every 0: none.
+    """
+    if eval_every <= 0:
+        return set()
+    if schedule == "log":
+        n = max(1, train_steps // eval_every)
+        return {int(round(train_steps ** (k / n))) for k in range(1, n + 1)} | {train_steps}
+    return set(range(eval_every, train_steps + 1, eval_every)) | {train_steps}
+
 
 def make_loss_fn(backbone, normalization: str = "token", loss: str = "lm"):
     """loss(prompt [L, D], params, batch) -> scalar float32 (see module docstring).
@@ -635,6 +661,7 @@ class Trainer:
         t_loop, step_loop = time.perf_counter(), step
         loss_value = None
         schedule = learning_rate_schedule(cfg.optimizer)
+        eval_steps = evaluation_steps(cfg.train_steps, cfg.eval_every, cfg.eval_schedule)
         t_log, step_log, eval_log = t_loop, step, eval_seconds  # window of the last log line
         try:
             while step < cfg.train_steps:
@@ -666,8 +693,7 @@ class Trainer:
                         "timing/examples_per_second": steps_per_s * cfg.batch_size})
                     t_log, step_log, eval_log = now, step, eval_seconds
                 score, improved = None, False
-                if (cfg.eval_every and step % cfg.eval_every == 0) or \
-                        (step == cfg.train_steps and cfg.eval_every):
+                if step in eval_steps:
                     score, improved = evaluate(step, loss_value)
                 if improved or step == cfg.train_steps or \
                         (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
