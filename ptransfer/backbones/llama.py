@@ -31,13 +31,15 @@ import functools
 import json
 import logging
 import os
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from ptransfer.backbones import layers
-from ptransfer.backbones.base import GATED_FFN_RULES, Backbone, batched_prompt
+from ptransfer.backbones.base import batched_prompt
+from ptransfer.backbones.decoder_only import DecoderKernels, DecoderOnlyBackbone
 from ptransfer.checkpoints.gguf import GGUFCheckpoint, llama_hparams, llama_tensors
 from ptransfer.checkpoints.safetensors_io import SafetensorsCheckpoint
 from ptransfer.checkpoints.tree import ParamTreeBuilder
@@ -371,71 +373,7 @@ def _all_logits(config, params, prompt, inputs, targets):
     return _head(config, params, h)
 
 
-def zero_after_eos(tokens: jax.Array, eos_id: int | None) -> jax.Array:
-    """[B, L]: EOS and every token after it -> 0."""
-    if eos_id is None:
-        return tokens
-    ended = jnp.cumsum((tokens == eos_id).astype(jnp.int32), axis=-1) > 0
-    return jnp.where(ended, 0, tokens)
-
-
-# ---- the Backbone -------------------------------------------------------------------
-
-@dataclasses.dataclass(eq=False)
-class LlamaBackbone(Backbone):
-    """LLaMA-family model implementing the `Backbone` contract.
-
-    Decoder-only specifics: the prompt goes before the text; targets follow
-    the inputs without EOS (`add_eos_to_targets = False`); `ffn_activations`
-    covers every prompt + input position (S = P + Li), capturing the gate's
-    pre-activation (rule 'gate', default) or silu(gate) * up ('product'; see `MLP`). All functions are jitted with the config
-    static, so they may also be called inside the caller's jit.
-    """
-
-    family: str = dataclasses.field(default="llama", init=False)
-    add_eos_to_targets: bool = dataclasses.field(default=False, init=False)
-    truncation_side: str = dataclasses.field(default="left", init=False)
-
-    def logical_axes(self):
-        return abstract_params(self.config)[1]
-
-    def embed(self, params, ids):
-        return _embed(self.config, params, ids)
-
-    def target_log_likelihood(self, params, prompt, batch):
-        self.check_prompt(prompt)
-        return _target_log_likelihood(self.config, params, prompt, batch["inputs"],
-                                      batch["inputs_mask"], batch["targets"], batch["targets_mask"])
-
-    def score_candidates(self, params, prompt, inputs, inputs_mask, candidates, candidates_mask):
-        self.check_prompt(prompt)
-        return _score_candidates(self.config, params, prompt, inputs, inputs_mask,
-                                 candidates, candidates_mask)
-
-    def greedy_decode(self, params, prompt, inputs, inputs_mask, max_decode_len: int):
-        self.check_prompt(prompt)
-        if int(max_decode_len) < 1:
-            raise ConfigError(f"max_decode_len must be >= 1, got {max_decode_len}.")
-        tokens = _greedy_tokens(self.config, params, prompt, inputs, inputs_mask, int(max_decode_len))
-        return zero_after_eos(tokens, getattr(self.vocab, "eos_id", None))
-
-    @property
-    def ffn_activation_rules(self):
-        return GATED_FFN_RULES
-
-    def ffn_activations(self, params, prompt, inputs, inputs_mask, rule=None):
-        self.check_prompt(prompt)
-        return _ffn_activations(self.config, params, prompt, inputs, inputs_mask,
-                                self.ffn_rule(rule))
-
-    def logits(self, inputs, targets=None, prompt=None):
-        self.check_prompt(prompt)
-        inputs = jnp.asarray(inputs, jnp.int32)
-        targets = None if targets is None else jnp.asarray(targets, jnp.int32)
-        return _all_logits(self.config, self.params, prompt, inputs, targets)
-
-
-# ---- construction ---------------------------------------------------------------------
+# ---- parameter shapes and axes ------------------------------------------------------
 
 def abstract_params(config: LlamaConfig):
     """(nested dict of ShapeDtypeStruct, nested dict of logical-axis tuples)."""
@@ -457,6 +395,26 @@ def _abstract_params(config: LlamaConfig):
 def _to_dict(tree):
     return {k: _to_dict(v) for k, v in tree.items()} if hasattr(tree, "items") else tree
 
+
+# ---- the Backbone -------------------------------------------------------------------
+
+@dataclasses.dataclass(eq=False)
+class LlamaBackbone(DecoderOnlyBackbone):
+    """LLaMA-family model implementing the `Backbone` contract (`DecoderOnlyBackbone`):
+    the FFN is SwiGLU, so ON's 'product' rule reads silu(gate) * up (see `MLP`). All
+    functions are jitted with the config static, so they may also be called inside the
+    caller's jit.
+    """
+
+    KERNELS: ClassVar[DecoderKernels] = DecoderKernels(
+        embed=_embed, target_log_likelihood=_target_log_likelihood,
+        score_candidates=_score_candidates, greedy_tokens=_greedy_tokens,
+        ffn_activations=_ffn_activations, all_logits=_all_logits,
+        abstract_params=abstract_params)
+    family: str = dataclasses.field(default="llama", init=False)
+
+
+# ---- construction ---------------------------------------------------------------------
 
 def _default_vocab(config: LlamaConfig, where: str):
     import seqio

@@ -37,16 +37,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from ptransfer.backbones import layers
-from ptransfer.backbones.base import GATED_FFN_RULES, Backbone, batched_prompt, prompt_length
+from ptransfer.backbones.base import batched_prompt, prompt_length
+from ptransfer.backbones.decoder_only import DecoderKernels, DecoderOnlyBackbone
 from ptransfer.backbones.gemma3.config import Gemma3Config
-from ptransfer.backbones.llama import apply_rope, positions_from_mask, zero_after_eos
-from ptransfer.core.errors import ConfigError
+from ptransfer.backbones.llama import apply_rope, positions_from_mask
 
 # ---- Flax modules --------------------------------------------------------------
 
@@ -358,54 +359,15 @@ def init_params(config: Gemma3Config, seed: int = 0):
 # ---- the Backbone -------------------------------------------------------------------
 
 @dataclasses.dataclass(eq=False)
-class Gemma3Backbone(Backbone):
-    """Gemma 3 implementing the `Backbone` contract.
-
-    Decoder-only like the LLaMA family (prompt before the text, targets
-    without EOS, inputs truncated from the left); BOS is added by the
-    backbone itself, after the prompt (see module docstring). `ffn_activations` covers every
-    prompt + input position (S = P + Li), capturing the gate pre-activation
-    (rule 'gate', default) or gelu_tanh(gate) * up ('product').
+class Gemma3Backbone(DecoderOnlyBackbone):
+    """Gemma 3 implementing the `Backbone` contract (`DecoderOnlyBackbone`). BOS is added
+    by the backbone itself, after the prompt (see module docstring); the FFN is GeGLU, so
+    ON's 'product' rule reads gelu_tanh(gate) * up.
     """
 
+    KERNELS: ClassVar[DecoderKernels] = DecoderKernels(
+        embed=_embed, target_log_likelihood=_target_log_likelihood,
+        score_candidates=_score_candidates, greedy_tokens=_greedy_tokens,
+        ffn_activations=_ffn_activations, all_logits=_all_logits,
+        abstract_params=abstract_params)
     family: str = dataclasses.field(default="gemma3", init=False)
-    add_eos_to_targets: bool = dataclasses.field(default=False, init=False)
-    truncation_side: str = dataclasses.field(default="left", init=False)
-
-    def logical_axes(self):
-        return abstract_params(self.config)[1]
-
-    def embed(self, params, ids):
-        return _embed(self.config, params, ids)
-
-    def target_log_likelihood(self, params, prompt, batch):
-        self.check_prompt(prompt)
-        return _target_log_likelihood(self.config, params, prompt, batch["inputs"],
-                                      batch["inputs_mask"], batch["targets"], batch["targets_mask"])
-
-    def score_candidates(self, params, prompt, inputs, inputs_mask, candidates, candidates_mask):
-        self.check_prompt(prompt)
-        return _score_candidates(self.config, params, prompt, inputs, inputs_mask,
-                                 candidates, candidates_mask)
-
-    def greedy_decode(self, params, prompt, inputs, inputs_mask, max_decode_len: int):
-        self.check_prompt(prompt)
-        if int(max_decode_len) < 1:
-            raise ConfigError(f"max_decode_len must be >= 1, got {max_decode_len}.")
-        tokens = _greedy_tokens(self.config, params, prompt, inputs, inputs_mask, int(max_decode_len))
-        return zero_after_eos(tokens, getattr(self.vocab, "eos_id", None))
-
-    @property
-    def ffn_activation_rules(self):
-        return GATED_FFN_RULES
-
-    def ffn_activations(self, params, prompt, inputs, inputs_mask, rule=None):
-        self.check_prompt(prompt)
-        return _ffn_activations(self.config, params, prompt, inputs, inputs_mask,
-                                self.ffn_rule(rule))
-
-    def logits(self, inputs, targets=None, prompt=None):
-        self.check_prompt(prompt)
-        inputs = jnp.asarray(inputs, jnp.int32)
-        targets = None if targets is None else jnp.asarray(targets, jnp.int32)
-        return _all_logits(self.config, self.params, prompt, inputs, targets)
