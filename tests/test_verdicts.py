@@ -280,8 +280,14 @@ def test_two_model_report_has_every_section_and_picture(tmp_path):
                                                                     backbone=m)))
         (d / "tpt.json").write_text(json.dumps({"backbone": m, "pairs": [
             crafted_pair("mr", "tweets", [10, 10, 20]), crafted_pair("sms_spam", "mr", [40, 40])]}))
-        (d / "indicators.json").write_text(json.dumps(crafted_indicators(
-            {"C_average": (0.2, 0.1), "ON": (0.6, 0.1)}, backbone=m)))
+        ind = crafted_indicators({"C_average": (0.2, 0.1), "ON": (0.6, 0.1)}, backbone=m)
+        ind["prompt_kind"] = "final"
+        ind["init_control"] = {"available": True, "pairs": {"same_init": 18, "independent_init": 36},
+                               "summary": {v: {"ON": {"mean_per_target": rho,
+                                                      "mean_per_target_ci": [rho - 0.1, rho + 0.1]}}
+                                           for v, rho in (("same_init", 0.6),
+                                                          ("independent_init", -0.25))}}
+        (d / "indicators.json").write_text(json.dumps(ind))
     (tmp_path / "cross_model").mkdir()
     cm = crafted_cross_model(crafted_direction(f"{models[0]}->{models[1]}", 85, 50, 55, 400),
                              crafted_direction(f"{models[1]}->{models[0]}", 40, 60, 70, 400))
@@ -306,6 +312,10 @@ def test_two_model_report_has_every_section_and_picture(tmp_path):
     assert "cross_model_s" in report and "In all: 420 s." in report
     # the paper column, and the verdicts as computed
     assert "49.7 / 36.9" in report and "44.7 / 33.5" in report
+    # the init control: same-init and independent-init Spearman side by side
+    assert "Prompts compared: each run's final prompt (all taken at the same step)." in report
+    assert "| ON | 0.60 [0.50, 0.70] | -0.25 [-0.35, -0.15] |" in report
+    assert "(18 pairs of runs)" in report and "(36; different seeds)" in report
     glance = report.split("## Verdicts at a glance")[1].split("## (a)")[0]
     # (a), (d) per model and (c) a->b with its TPT_MODEL; (b)'s 4x, 4x, 2x holds 1 in its interval
     assert glance.count("| reproduced |") == 2 * 2 + 2 and glance.count("| inconclusive |") == 2
