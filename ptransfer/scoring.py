@@ -9,8 +9,9 @@ tasks are decoded greedily and the text is scored by the task's metrics.
 Compilation: the jitted functions are cached per backbone object and shape,
 and the prompt is an argument, so evaluating another prompt of the same shape
 never recompiles (the transfer matrix relies on it). `Scorer.*_stack` runs a
-stack of K prompts `[K, L, D]` in one call (`jax.lax.map` over chunks of
-`prompts_per_call` prompts, the frozen params shared).
+stack of K prompts `[K, L, D]` in chunks of `prompts_per_call` prompts (one
+vmapped call each, the frozen params shared), so stacks of any size share
+one compilation.
 
 An `EvalSet` is a fixed, ordered subset of a split converted once to padded
 arrays, so every evaluation in a run sees the same examples.
@@ -210,10 +211,10 @@ class Scorer:
             self._batch_sharding = self._replicated = None
         bb = backbone
         self._score = bb.compiled("score", lambda: jax.jit(bb.score_candidates))
-        self._score_stack = bb.compiled(("score_stack", self.prompts_per_call), lambda: jax.jit(
-            lambda params, prompts, i, im, c, cm: jax.lax.map(
-                lambda p: bb.score_candidates(params, p, i, im, c, cm), prompts,
-                batch_size=self.prompts_per_call)))
+        # One call scores a chunk of exactly prompts_per_call prompts [P, L, D], so
+        # stacks of every size (a matrix's sources, cross-model cells) share one compile.
+        self._score_stack = bb.compiled("score_stack", lambda: jax.jit(jax.vmap(
+            bb.score_candidates, in_axes=(None, 0, None, None, None, None))))
         self._decode = bb.compiled("decode", lambda: jax.jit(bb.greedy_decode, static_argnums=(4,)))
 
     # -- batching -----------------------------------------------------------
@@ -261,17 +262,23 @@ class Scorer:
         return out
 
     def candidate_log_likelihoods_stack(self, prompts, eval_set: EvalSet) -> np.ndarray:
-        """float32 [K, N, C] for a stack of prompts [K, L, D] (one compilation per K)."""
+        """float32 [K, N, C] for a stack of prompts [K, L, D], scored prompts_per_call
+        at a time (the last chunk filled up with prompt 0), so any K reuses one
+        compilation per batch shape."""
         prompts = np.asarray(prompts, np.float32)
         if prompts.ndim != 3:
             raise ConfigError(f"a prompt stack must be [K, L, D], got {prompts.shape}.")
         self.backbone.check_prompt(prompts[0])
-        ps = sharding.place_host_array(prompts, self._replicated)
+        k, per = len(prompts), self.prompts_per_call
+        fill = np.r_[np.arange(k), np.zeros(-k % per, np.int64)]
+        chunks = [sharding.place_host_array(prompts[fill[i:i + per]], self._replicated)
+                  for i in range(0, len(fill), per)]
         c, cm = self._candidates(eval_set)
-        out = np.zeros((len(prompts), eval_set.size, len(eval_set.candidates)), np.float32)
+        out = np.zeros((k, eval_set.size, len(eval_set.candidates)), np.float32)
         for start, n, x, xm in self._batches(eval_set):
-            scores = self._score_stack(self.params, ps, x, xm, c, cm)
-            out[:, start:start + n] = to_host(scores)[:, :n]
+            scores = np.concatenate([to_host(self._score_stack(self.params, ps, x, xm, c, cm))
+                                     for ps in chunks])
+            out[:, start:start + n] = scores[:k, :n]
         return out
 
     def decode(self, prompt, eval_set: EvalSet) -> np.ndarray:

@@ -78,6 +78,13 @@ def test_prompt_stack_equals_single_prompts_and_swaps_without_recompiling(setup)
     assert scorer._score._cache_size() == compiled  # new prompts, same executable
     got = scorer.candidate_log_likelihoods_stack(stack, es)
     np.testing.assert_allclose(got, single, rtol=1e-5, atol=1e-4)
+    stacked = scorer._score_stack._cache_size()
+    # a stack of another size is chunked into the same executable
+    np.testing.assert_allclose(scorer.candidate_log_likelihoods_stack(stack[:2], es),
+                               single[:2], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(scorer.candidate_log_likelihoods_stack(stack[2:], es),
+                               single[2:], rtol=1e-5, atol=1e-4)
+    assert scorer._score_stack._cache_size() == stacked
     assert [m["accuracy"] for m in scorer.evaluate_stack(stack, es)] == \
         [scorer.metrics_from_scores(s, es)["accuracy"] for s in single]
 

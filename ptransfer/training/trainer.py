@@ -147,6 +147,11 @@ class TrainConfig:
                        times the smallest (tweets, sms_spam, trec; not mr,
                        amazon, nyt). Resolved to True / False when the run
                        starts; the bank entry records the resolved value.
+    shuffle_buffer_size: examples in the training stream's shuffle buffer (per
+                       label when balanced; seqio's `shuffle_buffer_size`). The
+                       first batch waits for the buffer to fill, so a short run on
+                       a small model may set it lower; part of the run's identity
+                       when not the default, since it changes the data order
     init_optimizer:    'fresh' or 'source' (carry the AdamW moments of the
                        INIT_FROM bank entry; see the module docstring)
     checkpoint_every:  save every N steps (and at the end and at each new best)
@@ -202,6 +207,7 @@ class TrainConfig:
     loss_normalization: str = "token"
     loss: str = "lm"
     balance_classes: bool | str = "auto"
+    shuffle_buffer_size: int = data.DEFAULT_SHUFFLE_BUFFER
     init_optimizer: str = "fresh"
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
@@ -217,7 +223,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         positive = {"PROMPT_LENGTH": self.prompt_length, "BATCH_SIZE": self.batch_size,
                     "TRAIN_STEPS": self.train_steps, "input_length": self.input_length,
-                    "target_length": self.target_length}
+                    "target_length": self.target_length,
+                    "SHUFFLE_BUFFER_SIZE": self.shuffle_buffer_size}
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
@@ -279,6 +286,8 @@ class TrainConfig:
             out["loss"] = self.loss
         if self.balance_classes:
             out["balance_classes"] = True
+        if self.shuffle_buffer_size != data.DEFAULT_SHUFFLE_BUFFER:
+            out["shuffle_buffer_size"] = self.shuffle_buffer_size
         if self.effective_init_optimizer() != "fresh":
             out["init_optimizer"] = self.effective_init_optimizer()
         return out
@@ -522,7 +531,8 @@ class Trainer:
         batches = data.iterate_batches(task, cfg.train_split, local_bs, lengths, seed=cfg.seed,
                                            start_step=start, shard_index=shard_index,
                                            num_shards=num_shards, truncate_inputs=truncate,
-                                           balance_classes=cfg.balance_classes)
+                                           balance_classes=cfg.balance_classes,
+                                           shuffle_buffer_size=cfg.shuffle_buffer_size)
         pending = [next(batches)] if start < cfg.train_steps else []
 
         def next_batch():
