@@ -3,7 +3,7 @@
     python -m bench.protocol_sweep [--backbone smollm2|gemma3] [--tasks tweets,sms_spam,mr]
         [--lrs 0.003,0.01,0.03] [--losses lm,verbalizer] [--balance auto,false]
         [--steps 30] [--eval-every 10] [--eval-examples 96] [--tpt mr->tweets]
-        [--out bench/results/protocol_sweep]
+        [--tpt-balance auto] [--out bench/results/protocol_sweep]
 
 Every run is the demo's base run (`experiments/demo.gin`: the real GGUF model,
 bf16, prompt 20, batch 8, AdamW) with the swept settings as gin overrides, so
@@ -17,7 +17,9 @@ is a final score at chance after a falling loss).
 For the --tpt pair (source->target), each recipe's source prompt initializes
 the target run twice, with the source's AdamW moments carried over and with a
 fresh optimizer, evaluated every 5 steps: the check is that the score 5
-updates in is not more than one SE below the step-0 score.
+updates in is not more than one SE below the step-0 score (for the recipes
+whose balance setting is in --tpt-balance). A task that `BALANCE_CLASSES='auto'`
+leaves unbalanced (mr) is trained once for 'auto' and 'false', the same run.
 
 Resumable: each run's record is `<out>/<tag>.json`, written atomically when the
 run ends, and skipped when present; runs and the bank go to `<out>/runs` and
@@ -52,6 +54,14 @@ def _train(bindings: list[str]):
     return cfg, Trainer(cfg).run()
 
 
+def _skewed(spec) -> bool:
+    from ptransfer.training.trainer import TrainConfig
+
+    return TrainConfig(backbone="", task=spec.name, model_dir="", prompt_length=1,
+                       init_from="random", batch_size=1,
+                       train_steps=1).effective_balance_classes(spec)
+
+
 def _record(cfg, result, chance: float) -> dict:
     metric = result.metric
     n = cfg.eval_examples
@@ -83,6 +93,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--eval-examples", type=int, default=96)
     ap.add_argument("--tpt", default="mr->tweets", help="source->target, or '' for none")
+    ap.add_argument("--tpt-balance", default="auto",
+                    help="balance settings whose recipes also run the TPT check")
     ap.add_argument("--out", default="bench/results/protocol_sweep")
     args = ap.parse_args(argv)
 
@@ -107,10 +119,13 @@ def main(argv=None) -> int:
 
     for (lr, loss, balance), task in itertools.product(grid, task_names):
         recipe = f"lr{lr:g}-{loss}-bal{balance}"
-        tag = f"{args.backbone}-{task}-{recipe}"
+        spec = tasks.get_spec(task)
+        # 'auto' leaves a task with balanced counts as sampled: the 'false' run is that one
+        same = balance == "false" and not _skewed(spec)
+        tag = f"{args.backbone}-{task}-lr{lr:g}-{loss}-balauto" if same else \
+            f"{args.backbone}-{task}-{recipe}"
         path = os.path.join(out, f"{tag}.json")
         if not os.path.exists(path):
-            spec = tasks.get_spec(task)
             bal = "'auto'" if balance == "auto" else str(balance.lower() == "true")
             cfg, result = _train(common(task, tag) + [
                 f"LEARNING_RATE={lr}", f"LOSS='{loss}'", f"BALANCE_CLASSES={bal}",
@@ -120,9 +135,9 @@ def main(argv=None) -> int:
                    "machine": machine(), "load_average_end": load_average(),
                    **_record(cfg, result, 100.0 / len(spec.label_words))}
             _write(path, rec)
-        records.append(json.load(open(path)))
+        records.append(dict(json.load(open(path)), balance=balance))
 
-        if args.tpt and task == src:
+        if args.tpt and task == src and balance in args.tpt_balance.split(","):
             source_entry = records[-1]["bank_entry"]
             for init_opt in ("source", "fresh"):
                 ttag = f"{args.backbone}-tpt-{src}-{tgt}-{recipe}-{init_opt}"
