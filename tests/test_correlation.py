@@ -162,7 +162,8 @@ def test_spearman_summary_resamples_examples_from_replicates():
                      stats.spearmanr(ind[[0, 2, 3], 1], r[[0, 2, 3], 1]).statistic,
                      stats.spearmanr(ind[[0, 1, 2], 3], r[[0, 1, 2], 3]).statistic])
             for r in reps]
-    np.testing.assert_allclose(s.mean_ci, np.quantile(want, [0.025, 0.975]))
+    np.testing.assert_allclose(s.mean_ci, _bc_reference(want, s.mean))
+    assert s.mean_ci[0] <= s.mean <= s.mean_ci[1]
     # replicates equal to the point estimate: every interval collapses onto it
     flat = corr.spearman_summary(ind, tr, TASKS4, TASKS4,
                                  transfer_replicates=np.broadcast_to(tr, (20, 4, 4)))
@@ -170,6 +171,44 @@ def test_spearman_summary_resamples_examples_from_replicates():
     assert flat.per_target_ci["A"] == pytest.approx((0.5, 0.5))
     with pytest.raises(ConfigError, match="replicates"):
         corr.spearman_summary(ind, tr, TASKS4, TASKS4, transfer_replicates=reps[:, :3])
+
+
+def _bc_reference(values, estimate):
+    """Efron's bias-corrected percentile interval, written out from its definition."""
+    values = sorted(values)
+    f = (sum(v < estimate for v in values) + 0.5 * sum(v == estimate for v in values)) / len(values)
+    f = min(max(f, 0.5 / len(values)), 1 - 0.5 / len(values))
+    z0, z = stats.norm.ppf(f), stats.norm.ppf(0.975)
+    lo, hi = np.quantile(values, [stats.norm.cdf(2 * z0 - z), stats.norm.cdf(2 * z0 + z)])
+    return min(lo, estimate), max(hi, estimate)
+
+
+def test_rho_at_its_bound_stays_inside_its_interval():
+    """Every target ranks its sources exactly as the indicator: rho = 1, and resampled
+    transfer can only lower it. The plain percentile interval of the replicates would
+    then exclude the estimate; the bias-corrected one is closed at it."""
+    ind = np.full((5, 5), 9.0)
+    tr = np.full((5, 5), 1.0)
+    rng = np.random.default_rng(0)
+    for j in range(5):
+        rows = [i for i in range(5) if i != j]
+        ind[rows, j] = np.arange(4.0)
+        tr[rows, j] = 0.5 + 0.01 * np.arange(4.0)
+    reps = tr[None] + 0.01 * rng.normal(size=(300, 5, 5))
+    tasks5 = list("ABCDE")
+    s = corr.spearman_summary(ind, tr, tasks5, tasks5, transfer_replicates=reps)
+    assert s.mean == pytest.approx(1.0)
+    rep_means = [np.mean([stats.spearmanr(ind[[i for i in range(5) if i != j], j],
+                                          r[[i for i in range(5) if i != j], j]).statistic
+                          for j in range(5)]) for r in reps]
+    assert np.quantile(rep_means, 0.975) < s.mean  # the plain percentile interval misses it
+    np.testing.assert_allclose(s.mean_ci, _bc_reference(rep_means, s.mean))
+    assert s.mean_ci[1] == pytest.approx(1.0)
+    for t in tasks5:
+        lo, hi = s.per_target_ci[t]
+        assert lo <= s.per_target[t] <= hi
+    lo, hi = s.pooled_ci
+    assert lo <= s.pooled <= hi
 
 
 def test_spearman_rows_match_scipy_with_ties():

@@ -78,6 +78,24 @@ def test_ratio_interval_is_paired():
     np.testing.assert_allclose(got, want)
 
 
+def test_bias_corrected_interval_hand_computed():
+    from scipy import stats
+
+    v = (np.arange(1000) + 0.5) / 1000  # uniform quantiles: the q-quantile is ~q
+    # the estimate at the bootstrap median: z0 = 0, the plain percentile interval
+    assert intervals.bias_corrected_interval(v, 0.5) == pytest.approx(
+        intervals.percentile_interval(v))
+    # the estimate at the 84.13% point: z0 = 1, levels Phi(2 - 1.96) and Phi(2 + 1.96)
+    lo, hi = intervals.bias_corrected_interval(v, stats.norm.cdf(1.0))
+    assert lo == pytest.approx(stats.norm.cdf(2 - stats.norm.ppf(0.975)), abs=2e-3)
+    assert hi == pytest.approx(stats.norm.cdf(2 + stats.norm.ppf(0.975)), abs=2e-3)
+    # every value below the estimate: the interval is closed at it
+    lo, hi = intervals.bias_corrected_interval(v, 1.5)
+    assert hi == 1.5 and lo > 0.9
+    assert intervals.bias_corrected_interval([np.nan], 0.5) is None
+    assert intervals.bias_corrected_interval(v, float("nan")) is None
+
+
 def test_bad_input():
     with pytest.raises(ConfigError, match="do not match"):
         intervals.metric_interval("accuracy", [0, 1, 1], [[0, 1]])

@@ -244,5 +244,15 @@ def batched_prompt(prompt, batch_size: int, dtype) -> jax.Array | None:
     return prompt
 
 
+def shared_prompt_length(prompt) -> int:
+    """P when `prompt` is one [P, D] prompt for the whole batch, else 0 (none, or [B, P, D]).
+
+    A decoder-only family puts the prompt first, where it attends only to
+    itself: its P positions are then the same rows in every example, so the
+    family computes them once and broadcasts their keys and values to the batch.
+    """
+    return 0 if prompt is None or np.ndim(prompt) != 2 else int(np.shape(prompt)[0])
+
+
 def prompt_length(prompt) -> int:
     return 0 if prompt is None else int(np.shape(prompt)[-2])

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from ptransfer.backbones import layers
-from ptransfer.backbones.base import batched_prompt
+from ptransfer.backbones.base import batched_prompt, shared_prompt_length
 from ptransfer.backbones.decoder_only import DecoderKernels, DecoderOnlyBackbone
 from ptransfer.checkpoints.gguf import GGUFCheckpoint, llama_hparams, llama_tensors
 from ptransfer.checkpoints.safetensors_io import SafetensorsCheckpoint
@@ -270,10 +270,25 @@ def _prefix(config, params, prompt, inputs, inputs_mask):
     return x, mask
 
 
-def _decode(config, params, x, mask, **kwargs):
-    """Causal pass over a whole masked sequence: (h [B, S, D], caches)."""
-    return _apply(config, params, x, positions_from_mask(mask), causal_bias(mask),
-                  method=LlamaModel.decode, **kwargs)
+def _decode(config, params, x, mask, shared: int = 0, **kwargs):
+    """Causal pass over a whole masked sequence: (h [B, S, D], caches).
+
+    shared: the first `shared` positions hold the same rows in every example and
+    attend only among themselves (one [P, D] prompt, `shared_prompt_length`):
+    they are computed once, for one row, and the rest of the sequence attends to
+    their keys and values broadcast over the batch. Same h and caches up to
+    float summation order; fewer FLOPs by (B - 1) * shared positions.
+    """
+    pos, bias = positions_from_mask(mask), causal_bias(mask)
+    if not shared:
+        return _apply(config, params, x, pos, bias, method=LlamaModel.decode, **kwargs)
+    hp, kv = _apply(config, params, x[:1, :shared], pos[:1, :shared],
+                    bias[:1, :, :shared, :shared], method=LlamaModel.decode)
+    b = x.shape[0]
+    wide = lambda a: jnp.broadcast_to(a, (b,) + a.shape[1:])  # noqa: E731
+    h, caches = _apply(config, params, x[:, shared:], pos[:, shared:], bias[:, :, shared:],
+                       [(wide(k), wide(v)) for k, v in kv], method=LlamaModel.decode)
+    return jnp.concatenate([wide(hp), h], axis=1), caches
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -282,7 +297,7 @@ def _target_log_likelihood(config, params, prompt, inputs, inputs_mask, targets,
     s0, lt = x.shape[1], targets.shape[1]
     x = jnp.concatenate([x, _embed(config, params, targets)], axis=1)
     mask = jnp.concatenate([mask, targets_mask.astype(jnp.int32)], axis=1)
-    h, _ = _decode(config, params, x, mask)
+    h, _ = _decode(config, params, x, mask, shared_prompt_length(prompt))
     # Only the Lt positions that predict a target reach the vocabulary head.
     logits = _head(config, params, h[:, s0 - 1: s0 - 1 + lt])
     lp = layers.gather_log_probs(logits, targets)
@@ -301,7 +316,7 @@ def _score_candidates(config, params, prompt, inputs, inputs_mask, candidates, c
     b, s0 = mask.shape
     c, lt = candidates.shape
     cmask = candidates_mask.astype(jnp.float32)
-    h, caches = _decode(config, params, x, mask)
+    h, caches = _decode(config, params, x, mask, shared_prompt_length(prompt))
     first = jax.nn.log_softmax(_head(config, params, h[:, -1]), axis=-1)  # [B, V]
     scores = first[:, candidates[:, 0]] * cmask[None, :, 0]
     if lt == 1:
@@ -328,7 +343,7 @@ def _greedy_tokens(config, params, prompt, inputs, inputs_mask, max_decode_len):
     """int32 [B, max_decode_len] argmax continuation, KV-cached (EOS not handled here)."""
     x, mask = _prefix(config, params, prompt, inputs, inputs_mask)
     b, s0 = mask.shape
-    h, caches = _decode(config, params, x, mask)
+    h, caches = _decode(config, params, x, mask, shared_prompt_length(prompt))
     first = jnp.argmax(_head(config, params, h[:, -1]), axis=-1).astype(jnp.int32)
     steps = max_decode_len - 1  # the last token is never fed back
     if steps == 0:

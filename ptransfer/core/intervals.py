@@ -11,6 +11,12 @@ as (low, high) on the same scale.
                          example indices: B resamples of n indices drawn with
                          replacement (seeded), statistic(idx [B, n]) -> [B];
                          the (1-c)/2 and (1+c)/2 quantiles of the finite values.
+  bias_corrected_interval  Efron's bias-corrected (BC) percentile interval
+                         of bootstrap values around a point estimate: used
+                         where the statistic is bounded (a rank correlation
+                         near +-1 can only move inward under resampling, so
+                         the plain percentile interval may exclude the
+                         estimate it is meant to bracket).
   metric_interval        accuracy or balanced accuracy from labels and
                          predictions (per prompt, or several seeds averaged).
   ratio_interval         relative performance metric(num) / metric(den) where
@@ -109,6 +115,31 @@ def percentile_interval(values, confidence: float = CONFIDENCE) -> tuple[float, 
         return None
     lo, hi = np.quantile(v, [(1 - confidence) / 2, (1 + confidence) / 2])
     return float(lo), float(hi)
+
+
+def bias_corrected_interval(values, estimate: float,
+                            confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """Efron's (1981) bias-corrected percentile interval (low, high) of bootstrap values.
+
+    With f the fraction of finite values below `estimate` (ties counted half;
+    clipped to [1/(2B), 1 - 1/(2B)]), z0 = Phi^-1(f) and z = Phi^-1((1+c)/2),
+    the interval is the Phi(2 z0 - z) and Phi(2 z0 + z) quantiles of the values:
+    the plain percentile interval when the estimate is the bootstrap median
+    (z0 = 0). When the estimate lies beyond the values' central `confidence`
+    mass (|z0| > z, e.g. a correlation at its bound for most targets), the
+    interval is closed at the estimate. None when there are no finite values
+    or the estimate is not finite.
+    """
+    v = np.asarray(values, np.float64).reshape(-1)
+    v = v[np.isfinite(v)]
+    if v.size == 0 or not math.isfinite(estimate):
+        return None
+    below = (np.count_nonzero(v < estimate) + 0.5 * np.count_nonzero(v == estimate)) / v.size
+    below = min(max(below, 0.5 / v.size), 1.0 - 0.5 / v.size)
+    z0 = stats.norm.ppf(below)
+    z = stats.norm.ppf((1 + confidence) / 2)
+    lo, hi = np.quantile(v, [stats.norm.cdf(2 * z0 - z), stats.norm.cdf(2 * z0 + z)])
+    return float(min(lo, estimate)), float(max(hi, estimate))
 
 
 def bootstrap_interval(statistic: Callable[[np.ndarray], np.ndarray], n: int, *,

@@ -17,8 +17,10 @@ rho = nan.
 
 `spearman_summary` is the headline form (Su et al. read the correlation per
 target task): rho per target over its sources, their mean over targets (the
-headline), and the pooled rho beside it, each with a seeded percentile
-bootstrap 95% interval. A target where every source ties (on the indicator or
+headline), and the pooled rho beside it, each with a seeded bias-corrected
+percentile bootstrap 95% interval (`intervals.bias_corrected_interval`: rho is
+bounded by 1, and a rho at or near the bound can only fall under resampling, so
+the plain percentile interval could exclude the estimate). A target where every source ties (on the indicator or
 on transfer), or that has fewer than 3 sources, has no rho: it is dropped from
 the mean and listed in `dropped` with the reason. The bootstrap resamples the
 evaluation examples when the caller passes transfer replicates computed from
@@ -38,7 +40,7 @@ import numpy as np
 from scipy import stats
 
 from ptransfer.core.errors import ConfigError
-from ptransfer.core.intervals import CONFIDENCE, RESAMPLES, percentile_interval
+from ptransfer.core.intervals import CONFIDENCE, RESAMPLES, bias_corrected_interval
 
 
 def average_ranks(x) -> np.ndarray:
@@ -253,13 +255,14 @@ def spearman_summary(indicator, transfer, sources: Sequence[str], targets: Seque
             pick = rows[rng.integers(0, rows.size, size=(resamples, rows.size))]
             rho = spearman_rows(ind[pick, j], tr[pick, j])
         rep_rhos.append(rho)
-        per_ci[t] = percentile_interval(rho, confidence)
+        per_ci[t] = bias_corrected_interval(rho, per[t], confidence)
     mean = float(np.mean(list(per.values()))) if per else math.nan
     mean_ci = None
     if rep_rhos:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a replicate with every rho nan
-            mean_ci = percentile_interval(np.nanmean(np.stack(rep_rhos), axis=0), confidence)
+            mean_ci = bias_corrected_interval(np.nanmean(np.stack(rep_rhos), axis=0), mean,
+                                              confidence)
 
     pooled_mask = off & np.isfinite(ind) & np.isfinite(tr)
     pooled = spearman_rho(ind[pooled_mask], tr[pooled_mask])
@@ -274,7 +277,7 @@ def spearman_summary(indicator, transfer, sources: Sequence[str], targets: Seque
         else:
             pick = rng.integers(0, xi.size, size=(resamples, xi.size))
             rho = spearman_rows(xi[pick], tr[pooled_mask][pick])
-        pooled_ci = percentile_interval(rho, confidence)
+        pooled_ci = bias_corrected_interval(rho, pooled, confidence)
     return SpearmanSummary(name, per, per_ci, mean, mean_ci, pooled, pooled_ci, dropped,
                            "examples" if reps is not None else "pairs",
                            len(reps) if reps is not None else int(resamples), int(seed),

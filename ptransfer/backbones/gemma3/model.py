@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from ptransfer.backbones import layers
-from ptransfer.backbones.base import batched_prompt, prompt_length
+from ptransfer.backbones.base import batched_prompt, prompt_length, shared_prompt_length
 from ptransfer.backbones.decoder_only import DecoderKernels, DecoderOnlyBackbone
 from ptransfer.backbones.gemma3.config import Gemma3Config
 from ptransfer.backbones.llama import apply_rope, positions_from_mask
@@ -218,11 +218,20 @@ def _prefix(config, params, prompt, inputs, inputs_mask):
     return x, mask
 
 
-def _decode(config, params, x, mask, **kwargs):
-    """Causal pass over a whole masked sequence: (h [B, S, D], caches)."""
-    pos = positions_from_mask(mask)
-    return _apply(config, params, x, pos, pos, _causal_allowed(mask), method=Gemma3Model.decode,
-                  **kwargs)
+def _decode(config, params, x, mask, shared: int = 0, **kwargs):
+    """Causal pass over a whole masked sequence: (h [B, S, D], caches); `shared` as
+    in `llama._decode` (the prompt's positions computed once for the batch)."""
+    pos, allowed = positions_from_mask(mask), _causal_allowed(mask)
+    if not shared:
+        return _apply(config, params, x, pos, pos, allowed, method=Gemma3Model.decode, **kwargs)
+    hp, kv = _apply(config, params, x[:1, :shared], pos[:1, :shared], pos[:1, :shared],
+                    allowed[:1, :, :shared, :shared], method=Gemma3Model.decode)
+    b = x.shape[0]
+    wide = lambda a: jnp.broadcast_to(a, (b,) + a.shape[1:])  # noqa: E731
+    h, caches = _apply(config, params, x[:, shared:], pos[:, shared:], pos,
+                       allowed[:, :, shared:], [(wide(k), wide(v)) for k, v in kv],
+                       method=Gemma3Model.decode)
+    return jnp.concatenate([wide(hp), h], axis=1), caches
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -231,7 +240,7 @@ def _target_log_likelihood(config, params, prompt, inputs, inputs_mask, targets,
     s0, lt = x.shape[1], targets.shape[1]
     x = jnp.concatenate([x, _embed(config, params, targets)], axis=1)
     mask = jnp.concatenate([mask, targets_mask.astype(jnp.int32)], axis=1)
-    h, _ = _decode(config, params, x, mask)
+    h, _ = _decode(config, params, x, mask, shared_prompt_length(prompt))
     # Only the Lt positions that predict a target reach the 262k-row head.
     logits = _head(config, params, h[:, s0 - 1: s0 - 1 + lt])
     lp = layers.gather_log_probs(logits, targets)
@@ -246,7 +255,7 @@ def _score_candidates(config, params, prompt, inputs, inputs_mask, candidates, c
     b, s0 = mask.shape
     c, lt = candidates.shape
     cmask = candidates_mask.astype(jnp.float32)
-    h, caches = _decode(config, params, x, mask)
+    h, caches = _decode(config, params, x, mask, shared_prompt_length(prompt))
     first = jax.nn.log_softmax(_head(config, params, h[:, -1]), axis=-1)  # [B, V]
     scores = first[:, candidates[:, 0]] * cmask[None, :, 0]
     if lt == 1:
@@ -274,7 +283,7 @@ def _greedy_tokens(config, params, prompt, inputs, inputs_mask, max_decode_len):
     """int32 [B, max_decode_len] argmax continuation, KV-cached (EOS not handled here)."""
     x, mask = _prefix(config, params, prompt, inputs, inputs_mask)
     b, s0 = mask.shape
-    h, caches = _decode(config, params, x, mask)
+    h, caches = _decode(config, params, x, mask, shared_prompt_length(prompt))
     first = jnp.argmax(_head(config, params, h[:, -1]), axis=-1).astype(jnp.int32)
     steps = max_decode_len - 1  # the last token is never fed back
     if steps == 0:
