@@ -57,9 +57,10 @@ def _train(bindings: list[str]):
 def _skewed(spec) -> bool:
     from ptransfer.training.trainer import TrainConfig
 
+    # every field given: a TrainConfig built here must not take the last run's gin bindings
     return TrainConfig(backbone="", task=spec.name, model_dir="", prompt_length=1,
-                       init_from="random", batch_size=1,
-                       train_steps=1).effective_balance_classes(spec)
+                       init_from="random", batch_size=1, train_steps=1, train_split="train",
+                       balance_classes="auto").effective_balance_classes(spec)
 
 
 def _record(cfg, result, chance: float) -> dict:

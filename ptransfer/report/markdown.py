@@ -230,7 +230,7 @@ def write_report(results_dir: str, out_path: str | None = None) -> str:
         md += ["## Transferability indicators", "",
                "Spearman correlation between each indicator and measured relative transfer "
                "(self pairs excluded): per target over its sources, their mean over targets "
-               "(the headline), and all pairs pooled, with 95% bootstrap intervals"
+               "(the headline), and all pairs pooled, with 95% bias-corrected bootstrap intervals"
                + (f" (resampling the {next(iter(summary.values()))['resampled']})"
                   if summary else "") + ". ON's activated neuron: "
                + str(ind.get("on_rule", "pre-activation > 0")) + " rule.", "",

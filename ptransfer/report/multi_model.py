@@ -234,7 +234,8 @@ def write_report(results_dir: str, out_path: str | None = None) -> str:
         md += ["## (d) Transferability indicators", "",
                "Spearman correlation of each indicator with measured relative transfer (self "
                "pairs excluded), per target over its sources and averaged (the headline), and "
-               "pooled, with bootstrap 95% intervals.", ""]
+               "pooled, with bias-corrected bootstrap 95% intervals (rho is bounded by 1, so a "
+               "plain percentile interval can exclude its own estimate).", ""]
         for m in models:
             if found[m]["d"]:
                 md += _indicators(m, res[m]["indicators"], found[m]["d"], out_dir)
