@@ -97,3 +97,19 @@ def test_balance_classes_value_is_checked():
 
     with pytest.raises(ConfigError, match="balance_classes 'yes'"):
         TrainConfig(task="mr", balance_classes="yes", **BASE).validate()
+
+
+def test_shuffle_buffer_size_reaches_the_stream_and_the_run_identity(task):
+    from ptransfer.training.trainer import TrainConfig
+
+    default = TrainConfig(task="mr", **BASE)
+    assert default.shuffle_buffer_size == data.DEFAULT_SHUFFLE_BUFFER
+    assert "shuffle_buffer_size" not in default.identity()
+    small = TrainConfig(task="mr", shuffle_buffer_size=2, **BASE)
+    assert small.identity()["shuffle_buffer_size"] == 2  # another data order: another run
+    with pytest.raises(ConfigError, match="SHUFFLE_BUFFER_SIZE"):
+        TrainConfig(task="mr", shuffle_buffer_size=0, **BASE).validate()
+    # a buffer of 1 keeps the split's order; a full one shuffles it
+    ids = lambda **kw: [b["inputs"].tolist() for b in _batches(task, 1, seed=0, **kw)]  # noqa: E731
+    assert ids(shuffle_buffer_size=1) == ids(shuffle=False, repeat=True)
+    assert ids(shuffle_buffer_size=1) != ids(shuffle_buffer_size=64)
