@@ -24,7 +24,10 @@ leaves unbalanced (mr) is trained once for 'auto' and 'false', the same run.
 Resumable: each run's record is `<out>/<tag>.json`, written atomically when the
 run ends, and skipped when present; runs and the bank go to `<out>/runs` and
 `<out>/bank` (scratch, not results). `<out>/summary.json` and the table printed
-at the end collect every record with the machine and load.
+at the end collect every record with the machine and load, one row per recipe
+(stable on every task?, mean final score, TPT head start kept?) and the pick
+(`pick_recipe`): the recipe stable on every task, keeping TPT's head start where
+checked, with the highest mean final score.
 """
 
 from __future__ import annotations
@@ -160,7 +163,9 @@ def main(argv=None) -> int:
                     _write(tpath, rec)
                 records.append(json.load(open(tpath)))
 
-    _write(os.path.join(out, "summary.json"), {"records": records, "machine": machine()})
+    recipes = summarize_recipes(records)
+    _write(os.path.join(out, "summary.json"), {"records": records, "recipes": recipes,
+                                               "pick": pick_recipe(recipes), "machine": machine()})
     print(f"{'run':58s} {'start':>6s} {'best':>6s} {'final':>6s} {'±SE':>5s}  verdict")
     for r in records:
         name = (f"{r['task']} lr={r['lr']:g} {r['loss']} bal={r['balance']}" if r["kind"] == "pt"
@@ -171,7 +176,44 @@ def main(argv=None) -> int:
             + " head start")
         print(f"{name:58s} {r['start']:6.1f} {r['best']:6.1f} {r['final']:6.1f} "
               f"{r['se_final']:5.1f}  {verdict}")
+    print(f"\n{'recipe':34s} {'tasks':>5s} {'stable':>6s} {'mean final':>10s}  TPT (source) @5")
+    for r in recipes:
+        tpt = {True: "keeps", False: "loses", None: "-"}[r["tpt_keeps_head_start"]]
+        print(f"{r['recipe']:34s} {r['tasks']:5d} {str(r['all_stable']):>6s} "
+              f"{r['mean_final']:10.1f}  {tpt}")
+    pick = pick_recipe(recipes)
+    print(f"pick: {pick['recipe'] if pick else 'none stable'}")
     return 0
+
+
+def summarize_recipes(records: list[dict]) -> list[dict]:
+    """One row per (lr, loss, balance): its tasks' PT runs all stable?, their mean final
+    score, and whether TPT from it (the source's optimizer state carried over) keeps
+    its head start 5 updates in (None: not checked)."""
+    rows = {}
+    for r in records:
+        key = (r["lr"], r["loss"], r["balance"])
+        row = rows.setdefault(key, {"recipe": f"lr={r['lr']:g} {r['loss']} bal={r['balance']}",
+                                    "lr": r["lr"], "loss": r["loss"], "balance": r["balance"],
+                                    "finals": [], "stable": [], "tpt_keeps_head_start": None})
+        if r["kind"] == "pt":
+            row["finals"].append(r["final"])
+            row["stable"].append(bool(r["stable"]))
+        elif r["init_optimizer"] == "source":
+            row["tpt_keeps_head_start"] = bool(r["keeps_head_start"])
+    out = []
+    for row in rows.values():
+        finals, stable = row.pop("finals"), row.pop("stable")
+        out.append({**row, "tasks": len(finals), "all_stable": bool(stable) and all(stable),
+                    "mean_final": sum(finals) / len(finals) if finals else float("nan")})
+    return out
+
+
+def pick_recipe(recipes: list[dict]) -> dict | None:
+    """The demo's recipe: among those stable on every task whose TPT check (where run)
+    keeps the head start, the highest mean final score; None if there is none."""
+    ok = [r for r in recipes if r["all_stable"] and r["tpt_keeps_head_start"] is not False]
+    return max(ok, key=lambda r: r["mean_final"]) if ok else None
 
 
 if __name__ == "__main__":
