@@ -191,7 +191,9 @@ class Scorer:
       params: its params as placed for this mesh (default `backbone.params`).
       batch_size: examples per call (a multiple of the mesh's data axis).
       mesh: when given, batches are split over 'data' and prompts replicated.
-      prompts_per_call: how many prompts of a stack one call evaluates at once.
+      prompts_per_call: how many prompts of a stack one call evaluates at once;
+        1 scores them one by one with the single-prompt executable (no second
+        compilation where a run's evaluations already compiled it).
     """
 
     def __init__(self, backbone, *, params=None, batch_size: int = 32, mesh=None,
@@ -269,6 +271,8 @@ class Scorer:
         if prompts.ndim != 3:
             raise ConfigError(f"a prompt stack must be [K, L, D], got {prompts.shape}.")
         self.backbone.check_prompt(prompts[0])
+        if self.prompts_per_call == 1:
+            return np.stack([self.candidate_log_likelihoods(p, eval_set) for p in prompts])
         k, per = len(prompts), self.prompts_per_call
         fill = np.r_[np.arange(k), np.zeros(-k % per, np.int64)]
         chunks = [sharding.place_host_array(prompts[fill[i:i + per]], self._replicated)

@@ -11,6 +11,7 @@ import re
 import pytest
 
 MODELS = ("llama_tiny", "gemma3_tiny")
+LEARNING_RATES = {"llama_tiny": 0.005, "gemma3_tiny": 0.01}  # demo_tiny.gin's learning_rates
 PER_MODEL = ("cross_task.json", "tpt.json", "indicators.json")
 # the report's pictures are named by model (see report/markdown.py); checked through
 # the links in REPORT.md, each of which must exist
@@ -91,8 +92,12 @@ def test_every_artifact_is_produced(demo_out):
         assert tpt["pt"]["model_dirs"]["0"] == os.path.join(demo_out, "models", target, "runs",
                                                             "sms_spam", "seed0")
         assert tpt["init_optimizer"] == "fresh"
+        # it copies the target's own base run: the target's learning rate
+        assert tpt["settings"]["base"]["optimizer"]["learning_rate"] == LEARNING_RATES[target]
     info = _json(demo_out, "run_info.json")
     assert set(info["models"]) == set(MODELS)
+    assert {m: info["models"][m]["learning_rate"] for m in MODELS} == LEARNING_RATES
+    assert info["optimizer"] == "adamw lr=0.005 (llama_tiny), 0.01 (gemma3_tiny)"
     times = info["stage times (s)"]
     assert {f"{m}/{s}_s" for m in MODELS for s in ("bank", "matrix", "tpt", "indicators")} \
         <= set(times) and "cross_model_s" in times
@@ -149,6 +154,9 @@ def test_cross_model_stage_is_checked_before_any_model_loads():
     with pytest.raises(ConfigError, match="not among train_tasks"):
         run_demo(DemoConfig(backbones=["preset:llama_tiny", "preset:gemma3_tiny"],
                             train_tasks=["mr"], tpt_pairs=[], cross_model_tasks=["trec"]), base)
+    with pytest.raises(ConfigError, match="one positive learning rate per backbone"):
+        run_demo(DemoConfig(backbones=["preset:llama_tiny", "preset:gemma3_tiny"],
+                            train_tasks=["mr"], tpt_pairs=[], learning_rates=[0.01]), base)
     with pytest.raises(ConfigError, match="unknown field"):
         run_demo(DemoConfig(backbones=["preset:llama_tiny", "preset:gemma3_tiny"],
                             train_tasks=["mr"], tpt_pairs=[], cross_model_tasks=["mr"],

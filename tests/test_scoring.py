@@ -89,6 +89,18 @@ def test_prompt_stack_equals_single_prompts_and_swaps_without_recompiling(setup)
         [scorer.metrics_from_scores(s, es)["accuracy"] for s in single]
 
 
+def test_one_prompt_per_call_reuses_the_single_prompt_executable(setup):
+    bb, es = setup
+    stack = np.random.default_rng(2).normal(size=(3, 3, bb.d_model)).astype(np.float32)
+    scorer = scoring.Scorer(bb, batch_size=4, prompts_per_call=1)
+    single = np.stack([scorer.candidate_log_likelihoods(p, es) for p in stack])
+    compiled = scorer._score._cache_size()
+    stacked = scorer._score_stack._cache_size()
+    np.testing.assert_array_equal(scorer.candidate_log_likelihoods_stack(stack, es), single)
+    assert scorer._score._cache_size() == compiled
+    assert scorer._score_stack._cache_size() == stacked  # the vmapped program never ran
+
+
 def test_greedy_decoding_is_scored_with_the_task_metrics():
     import jax.numpy as jnp
 

@@ -38,8 +38,14 @@ import jax
 import jax.numpy as jnp
 
 from ptransfer.backbones import layers
-from ptransfer.backbones.base import batched_prompt, shared_prompt_length
-from ptransfer.backbones.decoder_only import DecoderKernels, DecoderOnlyBackbone
+from ptransfer.backbones.base import batched_prompt
+from ptransfer.backbones.decoder_only import (
+    DecoderKernels,
+    DecoderOnlyBackbone,
+    check_share_prompt,
+    decode_sharing_prompt,
+    shared_prefix_length,
+)
 from ptransfer.checkpoints.gguf import GGUFCheckpoint, llama_hparams, llama_tensors
 from ptransfer.checkpoints.safetensors_io import SafetensorsCheckpoint
 from ptransfer.checkpoints.tree import ParamTreeBuilder
@@ -61,6 +67,9 @@ class LlamaConfig:
     always float32. `remat`: rematerialization of each decoder layer in the
     backward pass, 'none' | 'full' | 'dots' (see `layers.REMAT_POLICIES`); it
     changes memory and speed, never the parameters or the results.
+    `share_prompt`: 'auto' | 'always' | 'never', whether one [P, D] prompt's
+    positions are computed once per batch (`decoder_only.shared_prefix_length`);
+    speed only, like `remat`.
     """
 
     vocab_size: int
@@ -75,6 +84,7 @@ class LlamaConfig:
     tie_word_embeddings: bool = True
     dtype: str = "float32"
     remat: str = "none"
+    share_prompt: str = "auto"
 
     @property
     def compute_dtype(self):
@@ -87,6 +97,7 @@ class LlamaConfig:
         if self.head_dim % 2:
             raise ConfigError(f"{where}: head_dim {self.head_dim} must be even for RoPE.")
         layers.check_remat(self.remat, where)
+        check_share_prompt(self.share_prompt, where)
         return self
 
 
@@ -239,10 +250,14 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def causal_allowed(mask: jax.Array) -> jax.Array:
+    """[B, S] key mask -> bool [B, 1, S, S]: causal and no padded keys."""
+    return layers.causal_mask(mask.shape[-1]) & mask[:, None, None, :].astype(bool)
+
+
 def causal_bias(mask: jax.Array) -> jax.Array:
     """[B, S] key mask -> additive bias [B, 1, S, S]: causal and no padded keys."""
-    allowed = layers.causal_mask(mask.shape[-1]) & mask[:, None, None, :].astype(bool)
-    return layers.mask_to_bias(allowed)
+    return layers.mask_to_bias(causal_allowed(mask))
 
 
 # ---- forward functions (pure; config static, so equal configs share compiled code) ----
@@ -270,25 +285,16 @@ def _prefix(config, params, prompt, inputs, inputs_mask):
     return x, mask
 
 
-def _decode(config, params, x, mask, shared: int = 0, **kwargs):
-    """Causal pass over a whole masked sequence: (h [B, S, D], caches).
+def _decode(config, params, x, mask, prompt=None, **kwargs):
+    """Causal pass over a whole masked sequence: (h [B, S, D], caches); a [P, D]
+    `prompt` in front is computed once for the batch where
+    `decoder_only.shared_prefix_length` says it pays."""
+    def decode(x, positions, key_positions, allowed, caches, **kw):
+        return _apply(config, params, x, positions, layers.mask_to_bias(allowed), caches,
+                      method=LlamaModel.decode, **kw)
 
-    shared: the first `shared` positions hold the same rows in every example and
-    attend only among themselves (one [P, D] prompt, `shared_prompt_length`):
-    they are computed once, for one row, and the rest of the sequence attends to
-    their keys and values broadcast over the batch. Same h and caches up to
-    float summation order; fewer FLOPs by (B - 1) * shared positions.
-    """
-    pos, bias = positions_from_mask(mask), causal_bias(mask)
-    if not shared:
-        return _apply(config, params, x, pos, bias, method=LlamaModel.decode, **kwargs)
-    hp, kv = _apply(config, params, x[:1, :shared], pos[:1, :shared],
-                    bias[:1, :, :shared, :shared], method=LlamaModel.decode)
-    b = x.shape[0]
-    wide = lambda a: jnp.broadcast_to(a, (b,) + a.shape[1:])  # noqa: E731
-    h, caches = _apply(config, params, x[:, shared:], pos[:, shared:], bias[:, :, shared:],
-                       [(wide(k), wide(v)) for k, v in kv], method=LlamaModel.decode)
-    return jnp.concatenate([wide(hp), h], axis=1), caches
+    return decode_sharing_prompt(decode, x, positions_from_mask(mask), causal_allowed(mask),
+                                 shared_prefix_length(config, prompt, x.shape[0]), **kwargs)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -297,7 +303,7 @@ def _target_log_likelihood(config, params, prompt, inputs, inputs_mask, targets,
     s0, lt = x.shape[1], targets.shape[1]
     x = jnp.concatenate([x, _embed(config, params, targets)], axis=1)
     mask = jnp.concatenate([mask, targets_mask.astype(jnp.int32)], axis=1)
-    h, _ = _decode(config, params, x, mask, shared_prompt_length(prompt))
+    h, _ = _decode(config, params, x, mask, prompt)
     # Only the Lt positions that predict a target reach the vocabulary head.
     logits = _head(config, params, h[:, s0 - 1: s0 - 1 + lt])
     lp = layers.gather_log_probs(logits, targets)
@@ -316,7 +322,7 @@ def _score_candidates(config, params, prompt, inputs, inputs_mask, candidates, c
     b, s0 = mask.shape
     c, lt = candidates.shape
     cmask = candidates_mask.astype(jnp.float32)
-    h, caches = _decode(config, params, x, mask, shared_prompt_length(prompt))
+    h, caches = _decode(config, params, x, mask, prompt)
     first = jax.nn.log_softmax(_head(config, params, h[:, -1]), axis=-1)  # [B, V]
     scores = first[:, candidates[:, 0]] * cmask[None, :, 0]
     if lt == 1:
@@ -343,7 +349,7 @@ def _greedy_tokens(config, params, prompt, inputs, inputs_mask, max_decode_len):
     """int32 [B, max_decode_len] argmax continuation, KV-cached (EOS not handled here)."""
     x, mask = _prefix(config, params, prompt, inputs, inputs_mask)
     b, s0 = mask.shape
-    h, caches = _decode(config, params, x, mask, shared_prompt_length(prompt))
+    h, caches = _decode(config, params, x, mask, prompt)
     first = jnp.argmax(_head(config, params, h[:, -1]), axis=-1).astype(jnp.int32)
     steps = max_decode_len - 1  # the last token is never fed back
     if steps == 0:
@@ -441,14 +447,18 @@ def _default_vocab(config: LlamaConfig, where: str):
     return vocab
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _random_params(config: LlamaConfig, key):
+    """Random float32 params of `config`: one init program per config and process."""
+    return nn.unbox(LlamaModel(config).init(key, jnp.zeros((1, 1), jnp.int32)))["params"]
+
+
 def from_preset(name: str, *, seed: int = 0, dtype=None, mesh=None) -> LlamaBackbone:
     """Random init of a named shape (tests, benchmarks), with seqio.ByteVocabulary."""
     if name not in PRESETS:
         raise ConfigError(f"unknown llama preset {name!r}." + close_matches_hint(name, PRESETS))
     config = PRESETS[name].validate(name)
-    module = LlamaModel(config)
-    params = jax.jit(lambda key: nn.unbox(module.init(key, jnp.zeros((1, 1), jnp.int32)))["params"])(
-        jax.random.PRNGKey(seed))
+    params = _random_params(config, jax.random.PRNGKey(seed))
     if dtype is not None:
         params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
     params = _to_dict(params)

@@ -296,6 +296,7 @@ class CrossModelConfig:
     input_length: int = 128
     target_length: int = 16
     batch_size: int = 32
+    prompts_per_call: int = 4           # as scoring.Scorer (speed only)
     metric: str | None = None
     data_dir: str | None = None
     seed: int = 0
@@ -526,7 +527,8 @@ def _group_means(relative: Mapping[str, float | None], groups: Mapping[str, str]
 
 
 def run_cross_model(bank_dir: str, source, target, cfg: CrossModelConfig, out_dir: str, *,
-                    specs: Mapping[str, str] | None = None, base: TrainConfig | None = None,
+                    specs: Mapping[str, str] | None = None,
+                    base: TrainConfig | Mapping[str, TrainConfig] | None = None,
                     pt_model_dir: Callable[[str, str, int], str] | None = None) -> dict:
     """Fits every mapper, maps the source's bank prompts of `cfg.tasks` and scores them on
     the target (and the reverse with both_directions); writes `<out>/cross_model.json`
@@ -538,7 +540,8 @@ def run_cross_model(bank_dir: str, source, target, cfg: CrossModelConfig, out_di
     kept; the JSON is rewritten after each target task. With `cfg.tpt_steps`,
     TPT_MODEL runs per direction from its best mapper (`run_tpt_model`); `specs`
     {backbone id: spec} then names each backbone in the runs' configs; `base` (a
-    TrainConfig) is the run they copy instead of the cfg.tpt_* settings, and
+    TrainConfig, or {backbone id: TrainConfig} keyed by the target) is the run they
+    copy instead of the cfg.tpt_* settings, and
     `pt_model_dir(backbone id, task, seed)` the vanilla-PT model dir to reuse (the
     target's own bank run with the same settings, so only TPT trains).
     """
@@ -608,7 +611,8 @@ def run_cross_model(bank_dir: str, source, target, cfg: CrossModelConfig, out_di
         if cfg.tpt_steps:
             t = time.perf_counter()
             run_tpt_model(direction, fitted, a, b, prompts[a.name], cfg, out_dir, previous, run,
-                          (specs or {}).get(b.name, b.name), base=base,
+                          (specs or {}).get(b.name, b.name),
+                          base=base.get(b.name) if isinstance(base, Mapping) else base,
                           pt_model_dir=pt_model_dir)
             direction["tpt_wall_s"] = round(time.perf_counter() - t, 3)
             write_json(path, result)
@@ -727,7 +731,8 @@ def _run_direction(a, b, bank_dir, cfg, out_dir, prompts, keys, order, groups, p
                 run["reused_cells"] += 1
         if todo:
             if scorer is None:
-                scorer = scoring.Scorer(b, batch_size=cfg.batch_size)
+                scorer = scoring.Scorer(b, batch_size=cfg.batch_size,
+                                        prompts_per_call=cfg.prompts_per_call)
             task, mlm = load_task(t, b, cfg.data_dir)
             spec = tasks.get_spec(t)
             split = cfg.split if cfg.split in spec.splits and not spec.evaluation_only \

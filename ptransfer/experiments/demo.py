@@ -62,6 +62,8 @@ class DemoConfig:
     train_tasks:         tasks prompt-tuned into the bank (sources of the matrix)
     eval_only_tasks:     extra matrix targets without their own prompt (e.g. rt)
     seeds:               seeds of every bank run
+    learning_rates:      one learning rate per backbone, in `backbones` order, for
+                         its PT and TPT runs alike (None: the base run's for all)
     tpt_pairs:           "source->target" pairs for transfer as initialization
     tpt_seeds:           seeds of the TPT runs (None: `seeds`)
     metric:              metric of the matrix, curves and speedups (None: each
@@ -70,6 +72,9 @@ class DemoConfig:
                          'validation'); the bank's best prompts are chosen on
                          the validation subset, so 'test' keeps the matrix honest
     matrix_eval_examples: examples per target in the matrix
+    matrix_batch_size:   examples per scoring call of the matrix and cross-model stages
+    matrix_prompts_per_call: prompts one scoring call evaluates at once (vmapped);
+                         1 reuses the trainer's compiled scorer (speed only)
     stimulus:            ON stimulus: 'dummy' or 'task:<name>'
     window_size:         layers per ON window
     indicator_prompt:    which prompt of each bank entry the indicators compare:
@@ -90,12 +95,14 @@ class DemoConfig:
     train_tasks: Sequence[str] = ("mr", "tweets", "amazon", "sms_spam", "trec")
     eval_only_tasks: Sequence[str] = ("rt",)
     seeds: Sequence[int] = (0,)
+    learning_rates: Sequence[float] | None = None
     tpt_pairs: Sequence[str] = ("mr->tweets", "trec->mr")
     tpt_seeds: Sequence[int] | None = None
     metric: str | None = "balanced_accuracy"
     matrix_split: str = "test"
     matrix_eval_examples: int | None = 200
     matrix_batch_size: int = 32
+    matrix_prompts_per_call: int = 4
     stimulus: str = "dummy"
     window_size: int = 3
     indicator_prompt: str = "final"
@@ -143,6 +150,7 @@ class DemoConfig:
             mappers=tuple(self.cross_model_mappers), both_directions=True,
             split=self.matrix_split, eval_examples=examples, input_length=base.input_length,
             target_length=base.target_length, batch_size=self.matrix_batch_size,
+            prompts_per_call=self.matrix_prompts_per_call,
             metric=self.metric, data_dir=base.data_dir,
             tpt_steps=base.train_steps if self.cross_model_tpt_tasks else 0,
             tpt_tasks=tuple(self.cross_model_tpt_tasks),
@@ -203,6 +211,17 @@ class Stages:
         return f", ETA {left / 60:.0f} min"
 
 
+def _learning_rates(demo: DemoConfig, specs: Sequence[str], base) -> dict[str, float]:
+    """{backbone spec: its learning rate}; one ConfigError when the list does not fit."""
+    if demo.learning_rates is None:
+        return {s: base.optimizer.learning_rate for s in specs}
+    lrs = [float(x) for x in demo.learning_rates]
+    if len(lrs) != len(specs) or not all(x > 0 for x in lrs):
+        raise ConfigError(f"DemoConfig.learning_rates {list(demo.learning_rates)} must give one "
+                          f"positive learning rate per backbone ({len(specs)}: {specs}), or be None.")
+    return dict(zip(specs, lrs))
+
+
 def run_demo(demo: DemoConfig | None = None, base=None) -> str:
     """Runs all stages; returns the path of REPORT.md."""
     demo = demo or DemoConfig()
@@ -219,6 +238,7 @@ def run_demo(demo: DemoConfig | None = None, base=None) -> str:
     specs = list(demo.backbones) or [base.backbone]
     if len(set(specs)) != len(specs):
         raise ConfigError(f"DemoConfig.backbones lists a spec twice: {specs}.")
+    lrs = _learning_rates(demo, specs, base)
     base = dataclasses.replace(base, bank_dir=bank_dir, best_metric=demo.metric or base.best_metric)
     os.makedirs(bank_dir, exist_ok=True)
 
@@ -233,7 +253,8 @@ def run_demo(demo: DemoConfig | None = None, base=None) -> str:
         backbone = configure_backbone(load_backbone(resolve_backbone_spec(spec)),
                                       compute_dtype=base.compute_dtype, remat=base.remat)
         timings[f"{backbone.name}/load_backbone_s"] = time.perf_counter() - t
-        mbase = dataclasses.replace(base, backbone=spec)
+        mbase = dataclasses.replace(base, backbone=spec, optimizer=dataclasses.replace(
+            base.optimizer, learning_rate=lrs[spec]))
         models[backbone.name] = _run_backbone(demo, mbase, backbone, out, stages, timings)
         loaded.append((spec, backbone, mbase))
 
@@ -242,9 +263,12 @@ def run_demo(demo: DemoConfig | None = None, base=None) -> str:
         (spec_a, a, base_a), (spec_b, b, _) = loaded
         stages.start("cross_model", f"{len(cross_cfg.mappers)} mappers x "
                      f"{len(cross_cfg.tasks)} tasks, {a.name} <-> {b.name}")
+        # TPT_MODEL on each target copies that target's own base run (its learning rate)
+        tpt_bank = os.path.join(out, "tpt_bank")
         run_cross_model(bank_dir, a, b, cross_cfg, os.path.join(out, "cross_model"),
                         specs={a.name: spec_a, b.name: spec_b},
-                        base=dataclasses.replace(base_a, bank_dir=os.path.join(out, "tpt_bank")),
+                        base={m.name: dataclasses.replace(mb, bank_dir=tpt_bank)
+                              for _, m, mb in loaded},
                         pt_model_dir=lambda name, task, seed: _run_dir(out, name, task, seed))
         timings["cross_model_s"] = time.perf_counter() - t
 
@@ -311,7 +335,7 @@ def _run_backbone(demo: DemoConfig, base, backbone, out: str, stages: Stages,
         stages.start("matrix", f"{len(entries)} prompts (+2 baselines) x {len(targets)} "
                                "targets", name)
         cross = cross_task_matrix(
-            backbone, bank_dir, data_dir=base.data_dir,
+            backbone, bank_dir, data_dir=base.data_dir, prompts_per_call=demo.matrix_prompts_per_call,
             progress=lambda i, n, task: stages.start("matrix", f"target {i}/{n} ({task}) done",
                                                      name),
             **matrix_args)
@@ -360,7 +384,8 @@ def _run_backbone(demo: DemoConfig, base, backbone, out: str, stages: Stages,
         stages.start("indicators", "indicators.json is up to date, reused", name)
     timings[f"{name}/indicators_s"] = time.perf_counter() - t
     return {"backbone_spec": base.backbone, "layers": getattr(backbone, "num_layers", None),
-            "d_model": getattr(backbone, "d_model", None), "bank entries": len(entries)}
+            "d_model": getattr(backbone, "d_model", None), "bank entries": len(entries),
+            "learning_rate": base.optimizer.learning_rate}
 
 
 def _balanced_tasks(base, train_tasks) -> str:
@@ -385,7 +410,8 @@ def _run_info(demo: DemoConfig, base, models: dict, cross_cfg, timings) -> dict:
         "batch_size": base.batch_size,
         "prompt_length": base.prompt_length,
         "init": base.init_from,
-        "optimizer": f"{base.optimizer.name} lr={base.optimizer.learning_rate}",
+        "optimizer": f"{base.optimizer.name} lr=" + ", ".join(
+            f"{m['learning_rate']} ({name})" for name, m in models.items()),
         "eval_every": base.eval_every,
         "eval_examples (validation subset)": f"{base.eval_examples} ({base.eval_subset})",
         "compute dtype": base.compute_dtype or "float32",

@@ -99,12 +99,14 @@ def cross_task_matrix(backbone, bank_dir: str, targets: Sequence[str], *,
                       eval_examples: int | None = 256, eval_subset: str = "stratified",
                       input_length: int = 128,
                       target_length: int = 16, batch_size: int = 32, data_dir=None,
-                      seed: int = 0, metric_name: str | None = None, progress=None) -> dict:
+                      seed: int = 0, metric_name: str | None = None, progress=None,
+                      prompts_per_call: int = 4) -> dict:
     """Scores every bank prompt of `backbone` on every target; returns the JSON dict above.
 
     `metric_name` picks the metric of every target (default: each task's primary
     metric); `split` falls back to 'validation' for a task that lacks it and for
     evaluation-only tasks (their validation split is the balanced one).
+    `prompts_per_call` as `scoring.Scorer` (speed only).
     """
     t0 = time.perf_counter()
     specs = {t: tasks.get_spec(t) for t in targets}
@@ -115,7 +117,7 @@ def cross_task_matrix(backbone, bank_dir: str, targets: Sequence[str], *,
     full_stack = np.concatenate([stack, random_prompt[None]])
     source_tasks = order_by_type(sorted({e.task for e in entries}))
     targets = order_by_type(list(targets))
-    scorer = scoring.Scorer(backbone, batch_size=batch_size)
+    scorer = scoring.Scorer(backbone, batch_size=batch_size, prompts_per_call=prompts_per_call)
     lengths = {"inputs": input_length, "targets": target_length}
 
     per_entry: dict[str, dict[str, float]] = {e.ref: {} for e in entries}

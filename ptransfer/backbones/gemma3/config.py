@@ -7,6 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from ptransfer.backbones import layers
+from ptransfer.backbones.decoder_only import check_share_prompt
 from ptransfer.core.errors import ConfigError
 
 
@@ -26,6 +27,7 @@ class Gemma3Config:
 
     `dtype` is the compute dtype; norms, softmax and logits stay float32.
     `remat`: per-layer rematerialization (see `layers.REMAT_POLICIES`).
+    `share_prompt`: as `LlamaConfig.share_prompt` (speed only).
     """
 
     vocab_size: int
@@ -44,6 +46,7 @@ class Gemma3Config:
     bos_id: int | None = 2
     dtype: str = "float32"
     remat: str = "none"
+    share_prompt: str = "auto"
 
     @property
     def compute_dtype(self):
@@ -65,6 +68,7 @@ class Gemma3Config:
             raise ConfigError(f"{where}: bos_id {self.bos_id} is outside the vocabulary "
                               f"(size {self.vocab_size}).")
         layers.check_remat(self.remat, where)
+        check_share_prompt(self.share_prompt, where)
         return self
 
 

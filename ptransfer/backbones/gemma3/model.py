@@ -44,10 +44,15 @@ import jax
 import jax.numpy as jnp
 
 from ptransfer.backbones import layers
-from ptransfer.backbones.base import batched_prompt, prompt_length, shared_prompt_length
-from ptransfer.backbones.decoder_only import DecoderKernels, DecoderOnlyBackbone
+from ptransfer.backbones.base import batched_prompt, prompt_length
+from ptransfer.backbones.decoder_only import (
+    DecoderKernels,
+    DecoderOnlyBackbone,
+    decode_sharing_prompt,
+    shared_prefix_length,
+)
 from ptransfer.backbones.gemma3.config import Gemma3Config
-from ptransfer.backbones.llama import apply_rope, positions_from_mask
+from ptransfer.backbones.llama import apply_rope, causal_allowed, positions_from_mask
 
 # ---- Flax modules --------------------------------------------------------------
 
@@ -171,13 +176,8 @@ class Gemma3Model(nn.Module):
     def __call__(self, ids):
         mask = jnp.ones(ids.shape, jnp.int32)
         pos = positions_from_mask(mask)
-        h, _ = self.decode(self.embed(ids), pos, pos, _causal_allowed(mask))
+        h, _ = self.decode(self.embed(ids), pos, pos, causal_allowed(mask))
         return self.head(h)
-
-
-def _causal_allowed(mask: jax.Array) -> jax.Array:
-    """[B, S] key mask -> bool [B, 1, S, S]: causal and no padded keys."""
-    return layers.causal_mask(mask.shape[-1]) & mask[:, None, None, :].astype(bool)
 
 
 # ---- forward functions (pure; config static, so equal configs share compiled code) ----
@@ -218,20 +218,15 @@ def _prefix(config, params, prompt, inputs, inputs_mask):
     return x, mask
 
 
-def _decode(config, params, x, mask, shared: int = 0, **kwargs):
-    """Causal pass over a whole masked sequence: (h [B, S, D], caches); `shared` as
-    in `llama._decode` (the prompt's positions computed once for the batch)."""
-    pos, allowed = positions_from_mask(mask), _causal_allowed(mask)
-    if not shared:
-        return _apply(config, params, x, pos, pos, allowed, method=Gemma3Model.decode, **kwargs)
-    hp, kv = _apply(config, params, x[:1, :shared], pos[:1, :shared], pos[:1, :shared],
-                    allowed[:1, :, :shared, :shared], method=Gemma3Model.decode)
-    b = x.shape[0]
-    wide = lambda a: jnp.broadcast_to(a, (b,) + a.shape[1:])  # noqa: E731
-    h, caches = _apply(config, params, x[:, shared:], pos[:, shared:], pos,
-                       allowed[:, :, shared:], [(wide(k), wide(v)) for k, v in kv],
-                       method=Gemma3Model.decode)
-    return jnp.concatenate([wide(hp), h], axis=1), caches
+def _decode(config, params, x, mask, prompt=None, **kwargs):
+    """Causal pass over a whole masked sequence: (h [B, S, D], caches); the prompt
+    as in `llama._decode`."""
+    def decode(x, positions, key_positions, allowed, caches, **kw):
+        return _apply(config, params, x, positions, key_positions, allowed, caches,
+                      method=Gemma3Model.decode, **kw)
+
+    return decode_sharing_prompt(decode, x, positions_from_mask(mask), causal_allowed(mask),
+                                 shared_prefix_length(config, prompt, x.shape[0]), **kwargs)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -240,7 +235,7 @@ def _target_log_likelihood(config, params, prompt, inputs, inputs_mask, targets,
     s0, lt = x.shape[1], targets.shape[1]
     x = jnp.concatenate([x, _embed(config, params, targets)], axis=1)
     mask = jnp.concatenate([mask, targets_mask.astype(jnp.int32)], axis=1)
-    h, _ = _decode(config, params, x, mask, shared_prompt_length(prompt))
+    h, _ = _decode(config, params, x, mask, prompt)
     # Only the Lt positions that predict a target reach the 262k-row head.
     logits = _head(config, params, h[:, s0 - 1: s0 - 1 + lt])
     lp = layers.gather_log_probs(logits, targets)
@@ -255,7 +250,7 @@ def _score_candidates(config, params, prompt, inputs, inputs_mask, candidates, c
     b, s0 = mask.shape
     c, lt = candidates.shape
     cmask = candidates_mask.astype(jnp.float32)
-    h, caches = _decode(config, params, x, mask, shared_prompt_length(prompt))
+    h, caches = _decode(config, params, x, mask, prompt)
     first = jax.nn.log_softmax(_head(config, params, h[:, -1]), axis=-1)  # [B, V]
     scores = first[:, candidates[:, 0]] * cmask[None, :, 0]
     if lt == 1:
@@ -283,7 +278,7 @@ def _greedy_tokens(config, params, prompt, inputs, inputs_mask, max_decode_len):
     """int32 [B, max_decode_len] argmax continuation, KV-cached (EOS not handled here)."""
     x, mask = _prefix(config, params, prompt, inputs, inputs_mask)
     b, s0 = mask.shape
-    h, caches = _decode(config, params, x, mask, shared_prompt_length(prompt))
+    h, caches = _decode(config, params, x, mask, prompt)
     first = jnp.argmax(_head(config, params, h[:, -1]), axis=-1).astype(jnp.int32)
     steps = max_decode_len - 1  # the last token is never fed back
     if steps == 0:
@@ -359,10 +354,13 @@ def _copy(tree):
 
 def init_params(config: Gemma3Config, seed: int = 0):
     """Random float32 params of `config` (nested dicts)."""
-    module = Gemma3Model(config)
-    params = jax.jit(lambda key: nn.unbox(module.init(key, jnp.zeros((1, 1), jnp.int32)))["params"])(
-        jax.random.PRNGKey(seed))
-    return to_dict(params)
+    return to_dict(_random_params(config, jax.random.PRNGKey(seed)))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _random_params(config: Gemma3Config, key):
+    """One init program per config and process (loading a preset again reuses it)."""
+    return nn.unbox(Gemma3Model(config).init(key, jnp.zeros((1, 1), jnp.int32)))["params"]
 
 
 # ---- the Backbone -------------------------------------------------------------------
