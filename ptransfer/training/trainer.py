@@ -80,6 +80,7 @@ from ptransfer.bank import store as bank
 from ptransfer.core import distributed, fileio, sharding
 from ptransfer.core.configurable import build_configurable
 from ptransfer.core.errors import CheckpointError, ConfigError, PtransferError
+from ptransfer.core.hardware import auto_compute_dtype
 from ptransfer.core.sharding import replicated, shard_params
 from ptransfer.data import BATCH_KEYS
 from ptransfer.training import checkpointing, metric_writers
@@ -162,8 +163,11 @@ class TrainConfig:
                        or 'final' prompt into the bank entry
     backbone_dtype:    storage dtype of the frozen weights (None: float32)
     compute_dtype:     the backbone's activation / matmul dtype, e.g. 'bfloat16'
-                       (None: the backbone config's own, float32); part of the
-                       run's identity, since it changes the numbers
+                       (None: the backbone config's own, float32; 'auto':
+                       bfloat16 where the hardware has bf16 dot products, else
+                       None, `core.hardware.auto_compute_dtype`, resolved at
+                       construction); part of the run's identity, since it
+                       changes the numbers
     continue_with_changes: when MODEL_DIR holds this run with other optimizer
                        settings, continue it from its latest checkpoint with these
                        (CONTINUE_WITH_CHANGES; e.g. a lower learning rate after a
@@ -219,6 +223,10 @@ class TrainConfig:
     export: str = "best"
     progress: bool = True
     continue_with_changes: bool = False
+
+    def __post_init__(self):
+        if self.compute_dtype == "auto":  # resolved now, so a run's identity names the dtype
+            object.__setattr__(self, "compute_dtype", auto_compute_dtype())
 
     def validate(self) -> "TrainConfig":
         positive = {"PROMPT_LENGTH": self.prompt_length, "BATCH_SIZE": self.batch_size,
