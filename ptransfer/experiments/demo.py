@@ -260,7 +260,7 @@ def run_demo(demo: DemoConfig | None = None, base=None) -> str:
 
     if cross_cfg is not None:
         t = time.perf_counter()
-        (spec_a, a, base_a), (spec_b, b, _) = loaded
+        (spec_a, a, _), (spec_b, b, _) = loaded
         stages.start("cross_model", f"{len(cross_cfg.mappers)} mappers x "
                      f"{len(cross_cfg.tasks)} tasks, {a.name} <-> {b.name}")
         # TPT_MODEL on each target copies that target's own base run (its learning rate)
