@@ -2,7 +2,7 @@
 compute dtype 'auto' resolves to.
 
 bfloat16 matmuls pay only where the hardware has bf16 dot products: TPUs, GPUs,
-and CPUs with `avx512_bf16` (AMD Zen 4 / 5, Intel Cooper Lake on) or AMX
+and CPUs with `avx512_bf16` (AMD Zen 4 and 5; Intel Cooper Lake, Sapphire Rapids) or AMX
 (`amx_bf16`, Intel Sapphire Rapids on). Elsewhere XLA widens every bf16 operand
 to float32 and the step is slower than in float32 (bench/README.md, "Machine
 kinds": 1.24x the float32 step on an AVX2-only AMD EPYC), so 'auto' keeps float32.
