@@ -9,6 +9,8 @@ import platform
 import shutil
 import statistics
 
+from ptransfer.core import hardware
+
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -30,15 +32,7 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_b
 
 def cpu_flags() -> dict[str, bool]:
     """{flag: present} for CPU_FLAGS, from /proc/cpuinfo (all False if unreadable)."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
+    flags = hardware.cpu_flags()
     return {name: name in flags for name in CPU_FLAGS}
 
 

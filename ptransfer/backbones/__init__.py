@@ -27,7 +27,6 @@ from ptransfer.backbones.layers import cast_matmul_params, check_remat, is_low_p
 from ptransfer.checkpoints.gguf import GGUFCheckpoint, architecture_of
 from ptransfer.core import assets
 from ptransfer.core.errors import CheckpointError, ConfigError, close_matches_hint
-from ptransfer.core.hardware import auto_compute_dtype
 
 # family name -> module; each module defines PRESETS, from_preset, from_hf and
 # HF_ARCHITECTURES (the `architectures` names of config.json it reads).
@@ -72,8 +71,7 @@ def check_compute_dtype(name, where: str = "compute_dtype") -> str:
 
 def configure_backbone(backbone, *, compute_dtype=None, remat=None):
     """`backbone` with its config's compute dtype and / or rematerialization
-    replaced (None keeps the config's own; compute dtype 'auto' as
-    `core.hardware.auto_compute_dtype`); the same object when nothing changes.
+    replaced (None keeps the config's own); the same object when nothing changes.
 
     Neither setting changes the parameter tree's structure. A low-precision
     compute dtype (bfloat16, float16) gets its own copy of the matmul weights
@@ -84,8 +82,6 @@ def configure_backbone(backbone, *, compute_dtype=None, remat=None):
 
     cfg = backbone.config
     changes = {}
-    if compute_dtype == "auto":
-        compute_dtype = auto_compute_dtype()
     if compute_dtype is not None:
         name = check_compute_dtype(compute_dtype)
         old = cfg.dtype
