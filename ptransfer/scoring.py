@@ -24,6 +24,7 @@ balanced accuracy, and `write_predictions` into one JSON line per example.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -120,12 +121,31 @@ def stratified_indices(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarr
     return np.sort(np.concatenate(picked))
 
 
+# (task object, the arguments) -> (task, EvalSet), while `reusing_eval_sets` is active
+_EVAL_SETS: dict | None = None
+
+
+@contextlib.contextmanager
+def reusing_eval_sets():
+    """Within the block, `build_eval_set` reads each (task, split, subset, lengths,
+    vocabulary) once and returns the same EvalSet again (arrays read-only): a run of
+    many stages (`ptransfer demo`) reads the same evaluation sets many times, and the
+    data does not change under it. Outside the block every call reads the data."""
+    global _EVAL_SETS
+    outer, _EVAL_SETS = _EVAL_SETS, ({} if _EVAL_SETS is None else _EVAL_SETS)
+    try:
+        yield
+    finally:
+        _EVAL_SETS = outer
+
+
 def build_eval_set(task, spec, backbone, split: str, max_examples: int | None,
                    lengths: Mapping[str, int], *, truncate_inputs: str = "right",
                    mlm: bool = False, chunk: int = 256, subset: str = "first",
                    subset_seed: int = 0) -> EvalSet:
     """`max_examples` of `split` (None: all), converted once to padded arrays, with
-    the label candidates or references.
+    the label candidates or references (the same object again inside
+    `reusing_eval_sets`).
 
     subset: 'first' takes the first `max_examples` in the split's fixed order;
       'stratified' (classification tasks) reads the whole split and keeps a
@@ -135,6 +155,25 @@ def build_eval_set(task, spec, backbone, split: str, max_examples: int | None,
     """
     if subset not in EVAL_SUBSETS:
         raise ConfigError(f"eval subset {subset!r} is not one of {EVAL_SUBSETS}.")
+    if _EVAL_SETS is None:
+        return _read_eval_set(task, spec, backbone, split, max_examples, lengths,
+                              truncate_inputs, mlm, chunk, subset, subset_seed)
+    # the task object stands for its vocabulary, EOS, delimiter and data dir (tasks.get_task
+    # registers a new one when any of them changes); it is kept so its id is not reused
+    key = (id(task), spec.name, split, max_examples, tuple(sorted(lengths.items())),
+           truncate_inputs, mlm, chunk, subset, subset_seed, id(backbone.vocab))
+    if key not in _EVAL_SETS:
+        eval_set = _read_eval_set(task, spec, backbone, split, max_examples, lengths,
+                                  truncate_inputs, mlm, chunk, subset, subset_seed)
+        for value in vars(eval_set).values():
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
+        _EVAL_SETS[key] = (task, backbone.vocab, eval_set)
+    return _EVAL_SETS[key][-1]
+
+
+def _read_eval_set(task, spec, backbone, split, max_examples, lengths, truncate_inputs, mlm,
+                   chunk, subset, subset_seed) -> EvalSet:
     stratify = subset == "stratified" and spec.is_classification and max_examples is not None
     want = None if max_examples is None or stratify else int(max_examples)
     rows: dict[str, list] = {}
@@ -190,7 +229,9 @@ class Scorer:
       backbone: the frozen `Backbone`.
       params: its params as placed for this mesh (default `backbone.params`).
       batch_size: examples per call (a multiple of the mesh's data axis).
-      mesh: when given, batches are split over 'data' and prompts replicated.
+      mesh: when given, batches are split over 'data' and prompts replicated;
+        default: the mesh the params are placed on, if any, so that a scorer of
+        mesh-placed params reuses what a training run compiled for them.
       prompts_per_call: how many prompts of a stack one call evaluates at once;
         1 scores them one by one with the single-prompt executable (no second
         compilation where a run's evaluations already compiled it).
@@ -203,6 +244,7 @@ class Scorer:
         self.backbone = backbone
         self.params = backbone.params if params is None else params
         self.batch_size = int(batch_size)
+        mesh = sharding.mesh_of(self.params) if mesh is None else mesh
         self.mesh = mesh
         self.prompts_per_call = max(1, int(prompts_per_call))
         if mesh is not None:

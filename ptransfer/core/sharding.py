@@ -95,6 +95,13 @@ def shard_params(params, logical_axes, mesh: Mesh):
     return jax.device_put(params, param_shardings(params, logical_axes, mesh))
 
 
+def mesh_of(tree) -> Mesh | None:
+    """The mesh `tree`'s arrays are placed on (its first leaf's NamedSharding), else None."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    placed = getattr(leaves[0], "sharding", None) if leaves else None
+    return placed.mesh if isinstance(placed, NamedSharding) else None
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
