@@ -37,8 +37,10 @@ from typing import Sequence
 import gin
 
 import tasks as task_registry
+from ptransfer import scoring
 from ptransfer.backbones import configure_backbone, load_backbone, resolve_backbone_spec
 from ptransfer.bank import store as bank
+from ptransfer.core import sharding
 from ptransfer.core.errors import ConfigError
 from ptransfer.core.fileio import write_json as _write_json
 from ptransfer.experiments.cross_model import MAPPER_NAMES, CrossModelConfig, run_cross_model
@@ -242,6 +244,11 @@ def run_demo(demo: DemoConfig | None = None, base=None) -> str:
     base = dataclasses.replace(base, bank_dir=bank_dir, best_metric=demo.metric or base.best_metric)
     os.makedirs(bank_dir, exist_ok=True)
 
+    with scoring.reusing_eval_sets():  # every stage evaluates on the same subsets
+        return _run_stages(demo, base, specs, lrs, cross_cfg, out)
+
+
+def _run_stages(demo: DemoConfig, base, specs, lrs, cross_cfg, out: str) -> str:
     timings: dict[str, float] = {}
     models: dict[str, dict] = {}
     loaded = []
@@ -249,8 +256,10 @@ def run_demo(demo: DemoConfig | None = None, base=None) -> str:
     for spec in specs:
         t = time.perf_counter()
         # Every stage runs the base run's compute dtype (e.g. bf16 matmuls, weights
-        # stored once in bf16) and remat.
-        backbone = configure_backbone(load_backbone(resolve_backbone_spec(spec)),
+        # stored once in bf16) and remat, on the params placed once on the base run's
+        # mesh: the training runs' scorer executables then serve every later stage.
+        mesh = sharding.make_mesh(base.mesh_data, base.mesh_model)
+        backbone = configure_backbone(load_backbone(resolve_backbone_spec(spec), mesh=mesh),
                                       compute_dtype=base.compute_dtype, remat=base.remat)
         timings[f"{backbone.name}/load_backbone_s"] = time.perf_counter() - t
         mbase = dataclasses.replace(base, backbone=spec, optimizer=dataclasses.replace(
@@ -265,7 +274,7 @@ def run_demo(demo: DemoConfig | None = None, base=None) -> str:
                      f"{len(cross_cfg.tasks)} tasks, {a.name} <-> {b.name}")
         # TPT_MODEL on each target copies that target's own base run (its learning rate)
         tpt_bank = os.path.join(out, "tpt_bank")
-        run_cross_model(bank_dir, a, b, cross_cfg, os.path.join(out, "cross_model"),
+        run_cross_model(base.bank_dir, a, b, cross_cfg, os.path.join(out, "cross_model"),
                         specs={a.name: spec_a, b.name: spec_b},
                         base={m.name: dataclasses.replace(mb, bank_dir=tpt_bank)
                               for _, m, mb in loaded},
