@@ -155,3 +155,63 @@ def test_stratified_eval_subset_of_a_real_corpus_is_not_single_class(assets_dir)
     np.testing.assert_allclose(np.bincount(strat.labels, minlength=2) / 64, share, atol=1 / 64)
     keep = scoring.stratified_indices(whole.labels, 64)
     np.testing.assert_array_equal(strat.inputs, whole.inputs[keep])
+
+
+def test_eval_sets_are_read_once_inside_reusing_eval_sets(data_dir, monkeypatch):
+    """Inside the block the same (task, split, subset, lengths) gives the same EvalSet,
+    its arrays read-only; another subset is another read; outside, every call reads."""
+    import tasks
+    from ptransfer.data import load_task
+
+    name = register_tiny_yesno(monkeypatch)
+    bb = backbone("llama_tiny")
+    task, _ = load_task(name, bb, data_dir)
+    spec, lengths = tasks.get_spec(name), {"inputs": 12, "targets": 6}
+
+    def read(n=5):
+        return scoring.build_eval_set(task, spec, bb, "train", n, lengths,
+                                      truncate_inputs="left")
+
+    outside = read()
+    assert read() is not outside and outside.inputs.flags.writeable
+    with scoring.reusing_eval_sets():
+        first = read()
+        assert read() is first
+        assert read(6) is not first and read(6).size == 6
+        np.testing.assert_array_equal(first.inputs, outside.inputs)
+        np.testing.assert_array_equal(first.labels, outside.labels)
+        with pytest.raises(ValueError):
+            first.inputs[0, 0] = 1
+        with scoring.reusing_eval_sets():  # a nested block keeps the outer one's sets
+            assert read() is first
+    assert read() is not first
+
+
+def test_a_scorer_of_placed_params_uses_their_mesh_and_its_executables():
+    """A Scorer given no mesh takes the one its params are placed on: it then reuses
+    the executable a scorer with that explicit mesh compiled (no new compile), and a
+    scorer of unplaced params runs without a mesh."""
+    import tasks
+    from ptransfer import load_backbone
+    from ptransfer.core import sharding
+
+    mesh = sharding.make_mesh(-1, 1)
+    bb = load_backbone("preset:llama_tiny", mesh=mesh)
+    assert sharding.mesh_of(bb.params) == mesh
+    assert sharding.mesh_of(backbone("llama_tiny").params) is None
+    assert scoring.Scorer(backbone("llama_tiny"), batch_size=2).mesh is None
+    spec = tasks.get_spec("imdb")
+    inputs = np.arange(1, 13, dtype=np.int32).reshape(2, 6)
+    cands, cmask = features.label_candidates(spec, bb.vocab, bb.add_eos_to_targets, 12,
+                                             target_delimiter=bb.target_delimiter)
+    es = scoring.EvalSet(spec=spec, split="test", inputs=inputs,
+                         inputs_mask=np.ones_like(inputs), labels=np.array([0, 1]),
+                         candidates=cands, candidates_mask=cmask)
+    prompt = np.random.default_rng(3).normal(size=(2, bb.d_model)).astype(np.float32)
+    explicit = scoring.Scorer(bb, batch_size=2, mesh=mesh)
+    want = explicit.candidate_log_likelihoods(prompt, es)
+    compiled = explicit._score._cache_size()
+    implicit = scoring.Scorer(bb, batch_size=2)
+    assert implicit.mesh == mesh
+    np.testing.assert_array_equal(implicit.candidate_log_likelihoods(prompt, es), want)
+    assert implicit._score._cache_size() == compiled
