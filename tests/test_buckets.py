@@ -78,3 +78,53 @@ def test_scorer_compiles_one_shape_per_bucket():
     expect = np.asarray(bb.score_candidates(bb.params, None, batch["inputs"], batch["inputs_mask"],
                                             cands, np.ones_like(cands)))
     np.testing.assert_allclose(scores, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_training_trims_to_the_runs_bucket_count(tmp_path, monkeypatch):
+    """TRAIN_LENGTH_BUCKETS=1 keeps every training batch at [B, INPUT_LENGTH] /
+    [B, TARGET_LENGTH] (one step shape); the default trims the tiny task's short
+    texts. The two runs' prompts agree: trimming only drops padding."""
+    from _trainer_common import register_tiny_yesno, write_justice
+
+    from ptransfer.training import trainer as trainer_module
+
+    data_dir = write_justice(str(tmp_path / "data"))
+    name = register_tiny_yesno(monkeypatch)
+    shapes = []
+    real_trim = data.trim_to_bucket
+
+    def recording_trim(batch, buckets=data.LENGTH_BUCKETS):
+        out = real_trim(batch, buckets)
+        shapes.append((out["inputs"].shape[1], out["targets"].shape[1]))
+        return out
+
+    monkeypatch.setattr(trainer_module.data, "trim_to_bucket", recording_trim)
+    finals = {}
+    for buckets in (1, data.LENGTH_BUCKETS):
+        shapes.clear()
+        bb = load_backbone("preset:llama_tiny")  # its own compile cache
+        cfg = trainer_module.TrainConfig(
+            backbone="preset:llama_tiny", task=name, model_dir=str(tmp_path / f"run{buckets}"),
+            prompt_length=3, init_from="random", batch_size=4, train_steps=3,
+            input_length=24, target_length=8, length_buckets=buckets, eval_every=0,
+            eval_at_start=False, eval_split="train", eval_examples=None, data_dir=data_dir,
+            progress=False)
+        result = trainer_module.Trainer(cfg, backbone=bb).run()
+        finals[buckets] = result.final_prompt
+        assert len(shapes) == 3
+        if buckets == 1:
+            assert set(shapes) == {(24, 8)}
+        else:
+            assert all(li < 24 and lt < 8 for li, lt in shapes)
+    np.testing.assert_allclose(finals[1], finals[data.LENGTH_BUCKETS], rtol=1e-4, atol=1e-5)
+
+
+def test_a_bucket_count_below_one_is_refused(tmp_path):
+    from ptransfer.core.errors import ConfigError
+    from ptransfer.training.trainer import TrainConfig
+
+    cfg = TrainConfig(backbone="preset:llama_tiny", task="mr", model_dir=str(tmp_path),
+                      prompt_length=3, init_from="random", batch_size=4, train_steps=3,
+                      length_buckets=0)
+    with pytest.raises(ConfigError, match="TRAIN_LENGTH_BUCKETS"):
+        cfg.validate()

@@ -176,6 +176,14 @@ class TrainConfig:
                        (`optimizer.continued_state`). run_identity.json records the
                        new settings and, under 'continuations', the old ones and the
                        step. Anything else that differs is still refused.
+    length_buckets:    each training batch loses its padding-only columns down to the
+                       smallest of this many evenly spaced lengths that holds its real
+                       tokens (`data.trim_to_bucket`; at most length_buckets^2 step
+                       shapes compile). 1 keeps every batch at INPUT_LENGTH /
+                       TARGET_LENGTH: one step shape, for runs so short that a second
+                       compile costs more than the trimmed positions save. Speed only
+                       (scores change by float summation order), so not part of the
+                       run's identity
     remat:             per-layer rematerialization of the backbone in the backward
                        pass: 'none', 'full' (keep only layer inputs) or 'dots' (keep
                        weight-matmul outputs); None: the backbone's own ('none').
@@ -197,6 +205,7 @@ class TrainConfig:
     remat: str | None = None
     input_length: int = 128
     target_length: int = 16
+    length_buckets: int = data.LENGTH_BUCKETS
     train_split: str = "train"
     truncate_inputs: str | None = None   # None: 'left' for decoder-only, else 'right'
     data_dir: str | None = None
@@ -232,7 +241,8 @@ class TrainConfig:
         positive = {"PROMPT_LENGTH": self.prompt_length, "BATCH_SIZE": self.batch_size,
                     "TRAIN_STEPS": self.train_steps, "input_length": self.input_length,
                     "target_length": self.target_length,
-                    "SHUFFLE_BUFFER_SIZE": self.shuffle_buffer_size}
+                    "SHUFFLE_BUFFER_SIZE": self.shuffle_buffer_size,
+                    "TRAIN_LENGTH_BUCKETS": self.length_buckets}
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
@@ -685,7 +695,7 @@ class Trainer:
             while step < cfg.train_steps:
                 local = {k: v for k, v in next_batch().items() if k in batch_keys}
                 if trim:  # padding-only columns cut to a bucket length (bounded compiles)
-                    local = data.trim_to_bucket(local)
+                    local = data.trim_to_bucket(local, cfg.length_buckets)
                 batch = distributed.global_batch(local, mesh)
                 batch.update(constants)
                 prompt, opt_state, rng, loss = train_step(prompt, opt_state, rng, params, batch)
