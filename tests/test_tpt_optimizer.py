@@ -87,6 +87,7 @@ def test_tpt_from_a_bank_entry_with_its_adamw_moments(tmp_path, data_dir, monkey
     pair = run_pair(base, src.bank_entry, "yesno", "tiny_yesno", [0], str(tmp_path / "tpt"),
                     backbone=bb, pt_model_dir=lambda target, seed: str(tmp_path / "src"))
     assert pair["init_optimizer"] == "source"
+    assert pair["source_prompt_step"] == meta["final_step"] == 4  # exported 'final'
     tpt_dir = pair["tpt"]["model_dirs"]["0"]
     assert tpt_dir.endswith("tpt/tiny_yesno/yesno+opt/seed0")
     identity = json.load(open(f"{tpt_dir}/run_identity.json"))

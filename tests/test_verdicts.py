@@ -138,6 +138,19 @@ def test_tpt_task_verdict(steps, want, status):
         assert similar["comparable"]["ci"][0] > 1 and similar["tolerance"] == 2.0
 
 
+def test_a_source_entry_holding_its_step0_prompt_tests_no_transfer():
+    """A pair whose curves alone would read 'faster' is inconclusive when the source's
+    bank entry holds its initial prompt (its run never beat its step-0 score)."""
+    fast = crafted_pair("mr", "tweets", [10, 10, 10, 20])
+    for step, want, status in ((0, INC, verdicts.UNTRAINED_SOURCE), (30, R, "faster")):
+        fast["source_prompt_step"] = step
+        v = verdicts.tpt_task_verdict({"backbone": "toy", "pairs": [fast]}, TYPES)
+        assert v.verdict == want and v.numbers["similar"][0]["status"] == status, v.sentence
+    fast["source_prompt_step"] = 0
+    sentence = verdicts.tpt_task_verdict({"backbone": "toy", "pairs": [fast]}, TYPES).sentence
+    assert "step-0 prompt" in sentence
+
+
 def test_tpt_task_verdict_needs_a_similar_pair():
     tpt = {"backbone": "toy", "pairs": [crafted_pair("sms_spam", "mr", [10, 10])]}
     assert verdicts.tpt_task_verdict(tpt, TYPES).verdict == INC

@@ -24,6 +24,7 @@ import os
 from statistics import mean
 from typing import Callable, Sequence
 
+from ptransfer.bank import store as bank
 from ptransfer.core.errors import ConfigError
 from ptransfer.experiments.speedups import best, reach_tolerance, speedups
 from ptransfer.training.trainer import Trainer
@@ -66,7 +67,8 @@ def run_pair(base, source_prompt: str, source_name: str, target: str, seeds: Seq
     pair = {"source": source_name, "target": target, "source_prompt": os.path.abspath(source_prompt),
             "seeds": list(seeds), "pt": {"curves": {}, "model_dirs": {}},
             "tpt": {"curves": {}, "model_dirs": {}}, "speedups": {},
-            "init_optimizer": init_optimizer}
+            "init_optimizer": init_optimizer,
+            "source_prompt_step": _exported_step(source_prompt)}
     metric = None
     tag = source_name + ("+opt" if init_optimizer == "source" else "")
     curves = {}
@@ -118,6 +120,17 @@ def run_pair(base, source_prompt: str, source_name: str, target: str, seeds: Seq
         "head_start": _mean_or_none(firsts),
     })
     return pair
+
+
+def _exported_step(source_prompt: str) -> int | None:
+    """The training step the bank entry's prompt was taken at (its best or final
+    step, as it was exported), None for a .npy file or a projected prompt. 0 means
+    the entry holds its run's initial prompt: the run never beat its step-0 score."""
+    if not os.path.isdir(source_prompt):
+        return None
+    meta = bank.read_entry(source_prompt)[1]
+    step = meta.get("final_step") if meta.get("exported") == "final" else meta.get("best_step")
+    return None if step is None else int(step)
 
 
 def best_zero_shot_source(cross_task: dict, target: str, exclude_self: bool = True) -> str:

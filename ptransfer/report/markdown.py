@@ -124,6 +124,9 @@ def _reading_tpt(tpt: dict) -> list[str]:
             out.append(f"{name}: TPT reached PT's best score {comp:.2f}× as fast ({faster}); "
                        f"convergence speedup {_fmt(conv, 2)}; head start at the first evaluation "
                        f"{_fmt(head, 3)}.")
+        if pair.get("source_prompt_step") == 0:
+            out[-1] += (f" The {pair['source']} bank entry holds its step-0 prompt (its run "
+                        "never beat its initial score), so this pair tests no transfer.")
     return out
 
 

@@ -187,6 +187,9 @@ def cross_task_verdict(cross: dict, *, family: str = "sentiment",
 
 # ---- (b) TPT_TASK and (c) TPT_MODEL speedups -------------------------------------
 
+UNTRAINED_SOURCE = "untrained source"  # a pair_speedup status
+
+
 def seed_interval(values: list[float]):
     """(mean, 95% t-interval of the mean over seeds or None with fewer than 2)."""
     if not values:
@@ -206,9 +209,12 @@ def pair_speedup(pair: dict) -> dict:
     comparable-result speedup over >= 2 seeds lies above 1; 'slower' when no seed's
     TPT ever reached it (a score deficit beyond the tolerance on every seed) or the
     interval lies below 1; 'unclear' otherwise (one seed, mixed seeds, or an
-    interval containing 1).
+    interval containing 1); 'untrained source' when the source's bank entry holds
+    its run's step-0 prompt (`source_prompt_step` 0: that run never beat its initial
+    score), which tests no transfer, whatever the curves show.
 
-    Reads: source, target, speedups {seed: {comparable, convergence}}, reach_tolerance.
+    Reads: source, target, speedups {seed: {comparable, convergence}}, reach_tolerance,
+    source_prompt_step (when present).
     """
     sp = list(pair.get("speedups", {}).values())
     comp = [s["comparable"] for s in sp if s.get("comparable") is not None]
@@ -221,6 +227,8 @@ def pair_speedup(pair: dict) -> dict:
         status = "slower"
     elif len(comp) == len(sp) and c_ci is not None:
         status = {"above": "faster", "below": "slower"}.get(apart(c_ci, (1.0, 1.0)), "unclear")
+    if pair.get("source_prompt_step") == 0:
+        status = UNTRAINED_SOURCE
     return {"pair": f"{pair['source']}->{pair['target']}", "seeds": len(sp),
             "reached": len(comp), "comparable": _num(c_mean, c_ci), "convergence": _num(v_mean, v_ci),
             "tolerance": mean(tol) if tol else None, "status": status}
@@ -240,7 +248,11 @@ def _speedup_reading(pairs: list[dict]) -> tuple[str, str]:
         c = p["comparable"]
         what = (f"comparable-result speedup {c['mean']:.2f}x{_ci_text(c['ci'])}"
                 if c["mean"] is not None else "TPT never reached PT's best")
-        parts.append(f"{p['pair']} {what} over {p['seeds']} seed(s), {p['status']}")
+        status = p["status"]
+        if status == UNTRAINED_SOURCE:
+            status = ("not a test of transfer: the source's bank entry holds its step-0 "
+                      "prompt, the initial prompt of its run")
+        parts.append(f"{p['pair']} {what} over {p['seeds']} seed(s), {status}")
     return v, "; ".join(parts)
 
 
