@@ -24,7 +24,6 @@ from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ptransfer.backbones.base import GATED_FFN_RULES, Backbone, shared_prompt_length
 from ptransfer.core.errors import ConfigError
@@ -168,30 +167,3 @@ class DecoderOnlyBackbone(Backbone):
         inputs = jnp.asarray(inputs, jnp.int32)
         targets = None if targets is None else jnp.asarray(targets, jnp.int32)
         return self.KERNELS.all_logits(self.config, self.params, prompt, inputs, targets)
-
-
-def random_params(shapes, seed: int):
-    """A preset's random float32 params, drawn on the host (numpy, seeded), so no XLA
-    init program is compiled (a flax `init` of a two-layer model compiles for ~3 s on
-    2 CPU cores; T5 and MLM presets are drawn the same way).
-
-    shapes: nested dict of ShapeDtypeStruct (the family's `abstract_params`). Each
-    leaf is drawn with the variance of the module's flax initializer: norm `scale`
-    1, `embedding` [V, D] N(0, 1) (nn.Embed), `kernel` [fan_in, ...] N(0, 1 / fan_in)
-    (nn.Dense's lecun_normal, untruncated). Returns nested dicts of jax arrays.
-    """
-    rng = np.random.default_rng(seed)
-
-    def draw(name: str, shape):
-        if name == "scale":
-            return np.ones(shape, np.float32)
-        std = 1.0 if name == "embedding" else 1.0 / np.sqrt(shape[0])
-        if name not in ("embedding", "kernel"):
-            raise ConfigError(f"random_params: no initializer for a parameter named {name!r}.")
-        return rng.standard_normal(shape, np.float32) * np.float32(std)
-
-    def walk(tree):
-        return {k: walk(v) if isinstance(v, dict) else jnp.asarray(draw(k, tuple(v.shape)))
-                for k, v in sorted(tree.items())}
-
-    return walk(shapes)

@@ -44,7 +44,6 @@ from ptransfer.backbones.decoder_only import (
     DecoderOnlyBackbone,
     check_share_prompt,
     decode_sharing_prompt,
-    random_params,
     shared_prefix_length,
 )
 from ptransfer.checkpoints.gguf import GGUFCheckpoint, llama_hparams, llama_tensors
@@ -448,14 +447,21 @@ def _default_vocab(config: LlamaConfig, where: str):
     return vocab
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _random_params(config: LlamaConfig, key):
+    """Random float32 params of `config`: one init program per config and process."""
+    return nn.unbox(LlamaModel(config).init(key, jnp.zeros((1, 1), jnp.int32)))["params"]
+
+
 def from_preset(name: str, *, seed: int = 0, dtype=None, mesh=None) -> LlamaBackbone:
     """Random init of a named shape (tests, benchmarks), with seqio.ByteVocabulary."""
     if name not in PRESETS:
         raise ConfigError(f"unknown llama preset {name!r}." + close_matches_hint(name, PRESETS))
     config = PRESETS[name].validate(name)
-    params = random_params(abstract_params(config)[0], seed)
+    params = _random_params(config, jax.random.PRNGKey(seed))
     if dtype is not None:
         params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+    params = _to_dict(params)
     backbone = LlamaBackbone(name=name, config=config, params=params,
                              vocab=_default_vocab(config, f"preset {name}"))
     if mesh is not None:

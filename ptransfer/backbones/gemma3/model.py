@@ -49,7 +49,6 @@ from ptransfer.backbones.decoder_only import (
     DecoderKernels,
     DecoderOnlyBackbone,
     decode_sharing_prompt,
-    random_params,
     shared_prefix_length,
 )
 from ptransfer.backbones.gemma3.config import Gemma3Config
@@ -354,8 +353,14 @@ def _copy(tree):
 
 
 def init_params(config: Gemma3Config, seed: int = 0):
-    """Random float32 params of `config` (nested dicts; `decoder_only.random_params`)."""
-    return random_params(abstract_params(config)[0], seed)
+    """Random float32 params of `config` (nested dicts)."""
+    return to_dict(_random_params(config, jax.random.PRNGKey(seed)))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _random_params(config: Gemma3Config, key):
+    """One init program per config and process (loading a preset again reuses it)."""
+    return nn.unbox(Gemma3Model(config).init(key, jnp.zeros((1, 1), jnp.int32)))["params"]
 
 
 # ---- the Backbone -------------------------------------------------------------------
