@@ -253,12 +253,12 @@ def _run_stages(demo: DemoConfig, base, specs, lrs, cross_cfg, out: str) -> str:
     models: dict[str, dict] = {}
     loaded = []
     stages = Stages(len(specs), cross_cfg is not None)
+    # Every stage runs the base run's compute dtype (e.g. bf16 matmuls, weights stored
+    # once in bf16) and remat, on the params placed once on the base run's mesh: the
+    # training runs' scorer executables then serve every later stage.
+    mesh = sharding.make_mesh(base.mesh_data, base.mesh_model)
     for spec in specs:
         t = time.perf_counter()
-        # Every stage runs the base run's compute dtype (e.g. bf16 matmuls, weights
-        # stored once in bf16) and remat, on the params placed once on the base run's
-        # mesh: the training runs' scorer executables then serve every later stage.
-        mesh = sharding.make_mesh(base.mesh_data, base.mesh_model)
         backbone = configure_backbone(load_backbone(resolve_backbone_spec(spec), mesh=mesh),
                                       compute_dtype=base.compute_dtype, remat=base.remat)
         timings[f"{backbone.name}/load_backbone_s"] = time.perf_counter() - t
